@@ -1,0 +1,44 @@
+# medimg-lab: every target installs what it needs first (a fresh clone needs no manual step).
+# GPU users: `make install TORCH_CONSTRAINTS=constraints/none.txt` takes the newest (CUDA) torch.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_CONSTRAINTS ?= constraints/cpu.txt
+STAMP := $(VENV)/.installed
+export HYDRA_FULL_ERROR := 1
+export PYTHONWARNINGS := ignore::DeprecationWarning
+
+.PHONY: install test test-fast demo lint bench tensorboard clean model-card
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(TORCH_CONSTRAINTS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip -c $(TORCH_CONSTRAINTS)
+	$(PY) -m pip install --quiet -c $(TORCH_CONSTRAINTS) -e '.[dev,real-data]'
+	@touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q -x --timeout=600 tests
+
+lint: install
+	$(VENV)/bin/ruff check common projects tests benchmarks
+
+demo: install
+	$(PY) -m common.demo
+
+bench: install
+	$(PY) -m benchmarks.run_all
+
+model-card: install
+	$(PY) -m common.model_card
+
+tensorboard: install
+	$(VENV)/bin/tensorboard --logdir outputs/ --bind_all
+
+clean:
+	rm -rf outputs .pytest_cache
+
+# Each project adds its own targets (eval-saint-x4, eval-spin, ...).
+-include projects/*/project.mk
