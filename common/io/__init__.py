@@ -1,0 +1,28 @@
+"""Shared readers and writers: NIfTI, DICOM, fastMRI HDF5, the npy volume cache, atomic writes."""
+
+from __future__ import annotations
+
+from common.io.atomic import atomic_path, save_json, save_npy, save_text
+from common.io.nifti import (
+    Volume,
+    load_nifti,
+    save_nifti,
+    scale_axis_affine,
+    through_plane_axis,
+    to_canonical,
+    voxel_spacing,
+)
+
+__all__ = [
+    "Volume",
+    "atomic_path",
+    "load_nifti",
+    "save_json",
+    "save_nifti",
+    "save_npy",
+    "save_text",
+    "scale_axis_affine",
+    "through_plane_axis",
+    "to_canonical",
+    "voxel_spacing",
+]
