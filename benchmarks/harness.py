@@ -1,0 +1,98 @@
+"""Timing, peak-memory and reporting helpers shared by every benchmark.
+
+Each benchmark script (`python -m benchmarks.<project>`) measures, prints one table and writes
+`benchmarks/results/<name>.json` with the machine it ran on. Peak memory is the process's resident-set high-water
+mark (VmHWM), reset before each measurement through /proc/self/clear_refs, so it includes everything the measured
+call allocated (tensors, numpy buffers), not only torch's allocator.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.io.atomic import save_json
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """Returns a description of this machine (CPU, cores, torch build, threads)."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def _reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> dict[str, float]:
+    """Returns the median / min wall time (s) of `fn()` over `repeat` runs and the peak RSS (MiB) they reached."""
+    for _ in range(warmup):
+        fn()
+    _reset_peak()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "peak_rss_mb": _peak_mb(), "repeat": repeat}
+
+
+def print_table(rows: Sequence[dict[str, Any]], title: str = "") -> None:
+    """Prints rows (dicts with the same keys) as an aligned table."""
+    if not rows:
+        return
+    keys = list(rows[0].keys())
+    cells = [[_fmt(r.get(k)) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    if title:
+        print(f"\n{title}")
+    print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
+    print("  ".join("-" * w for w in widths))
+    for c in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(c, widths)))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def write_results(name: str, rows: Sequence[dict[str, Any]], **extra: Any) -> Path:
+    """Writes `benchmarks/results/<name>.json` (rows + machine + timestamp) atomically and returns its path."""
+    path = RESULTS_DIR / f"{name}.json"
+    save_json(path, {"name": name, "machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "rows": list(rows), **extra})
+    return path

@@ -1,0 +1,29 @@
+"""`make bench`: runs every benchmark script in its own process and reports which failed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    scripts = sorted(p.stem for p in HERE.glob("*.py") if p.stem not in {"__init__", "harness", "run_all"})
+    failed = []
+    for name in scripts:
+        print(f"\n=== benchmarks/{name}.py ===", flush=True)
+        start = time.perf_counter()
+        code = subprocess.run([sys.executable, "-m", f"benchmarks.{name}"], cwd=HERE.parent).returncode
+        print(f"=== {name}: exit {code} in {time.perf_counter() - start:.0f} s ===", flush=True)
+        if code:
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

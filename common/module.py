@@ -1,0 +1,48 @@
+"""A small base LightningModule: builds its network, optimiser and scheduler from config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+
+class ConfiguredModule(pl.LightningModule):
+    """Base class: `net`, `optimizer` (partial) and `scheduler` (partial) are Hydra configs.
+
+    Args:
+        net: config of the `torch.nn.Module` to build (`_target_` + arguments).
+        optimizer: partial optimiser config (`_partial_: true`), called with the parameters.
+        scheduler: optional partial LR-scheduler config, called with the optimiser.
+        scheduler_interval: "epoch" or "step".
+        monitor: metric a ReduceLROnPlateau-style scheduler watches.
+    """
+
+    def __init__(self, net: DictConfig | dict, optimizer: DictConfig | dict | None = None,
+                 scheduler: DictConfig | dict | None = None, scheduler_interval: str = "epoch",
+                 monitor: str = "val/loss") -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.net = instantiate(net)
+
+    def param_groups(self) -> Any:
+        """Returns what the optimiser is given; override for per-group learning rates."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> Any:
+        if self.hparams.optimizer is None:
+            raise ValueError("model.optimizer is not configured")
+        optimizer = instantiate(self.hparams.optimizer)(params=self.param_groups())
+        if self.hparams.scheduler is None:
+            return optimizer
+        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor,
+                                                         "interval": self.hparams.scheduler_interval}}
+
+    def count_parameters(self) -> dict[str, int]:
+        """Returns the trainable parameter count of each top-level sub-network."""
+        return {name: sum(p.numel() for p in child.parameters() if p.requires_grad)
+                for name, child in self.named_children()}
+

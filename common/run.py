@@ -1,0 +1,249 @@
+"""The Hydra + Lightning driver every project's `train.py` and `eval.py` call.
+
+What it guarantees, for every project:
+- everything is seeded once (`seed=`), workers included;
+- the run folder is resolved once by Hydra (`outputs/<project>/<run_name>`); Lightning's DDP launcher re-runs the
+  script per rank with that same folder, so ranks never create their own;
+- `ckpt_path=last` resumes the run's `checkpoints/last.ckpt` into the same TensorBoard version;
+- checkpoints are written atomically (temp file + rename);
+- after DDP training, testing runs as a separate single-process step on rank 0 (no padded duplicate samples);
+- a Hydra multirun (`-m`) with DDP runs each job as a child process with only that job's overrides, because the
+  DDP launcher would otherwise replay the whole sweep in every rank.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
+
+from common.errors import DataError
+from common.io.atomic import atomic_path, save_json
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_ROOT = REPO_ROOT / "conf"
+OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
+OmegaConf.register_new_resolver("eval", eval, replace=True)
+
+# Variables a DDP rank inherits; cleared before a single-process step so Lightning does not think it is a rank.
+_DIST_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE",
+             "PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it, so a crash never leaves half a checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+class ConfigInCheckpoint(pl.Callback):
+    """Stores the resolved run config inside every checkpoint, so `eval.py ckpt_path=...` can rebuild the model."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint["run_config"] = self.config
+
+
+def _instantiate_dict(node: DictConfig | None) -> list:
+    if not node:
+        return []
+    return [instantiate(v) for v in node.values() if isinstance(v, DictConfig) and "_target_" in v]
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """Returns the run folder (created)."""
+    path = Path(cfg.paths.output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """Returns the checkpoint to resume from: `ckpt_path=last` means this run's `checkpoints/last.ckpt`."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt in (None, "", "null"):
+        return None
+    if ckpt == "last":
+        last = output_dir(cfg) / "checkpoints" / "last.ckpt"
+        if not last.exists():
+            log.warning("ckpt_path=last but %s does not exist: starting a fresh run", last)
+            return None
+        return str(last)
+    if not Path(ckpt).is_file():
+        raise DataError(ckpt, "checkpoint file not found")
+    return str(ckpt)
+
+
+def _loggers(cfg: DictConfig, resuming: bool) -> list:
+    loggers = _instantiate_dict(cfg.get("logger"))
+    for lg in loggers:
+        if resuming and isinstance(lg, pl.loggers.TensorBoardLogger):
+            # Continue the newest TensorBoard version instead of opening a new one.
+            root = Path(lg.root_dir)
+            versions = sorted(int(p.name.split("_")[1]) for p in root.glob("version_*") if p.name[8:].isdigit())
+            if versions:
+                lg._version = versions[-1]
+    return loggers
+
+
+def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list | None = None,
+                  **overrides: Any) -> pl.Trainer:
+    """Returns the Trainer of `cfg.trainer` with the project's callbacks, loggers and atomic checkpoints."""
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg.update(overrides)
+    return instantiate(trainer_cfg, callbacks=callbacks or [], logger=loggers if loggers else False,
+                       plugins=[AtomicCheckpointIO()], _convert_="all")
+
+
+def _is_multirun_ddp(cfg: DictConfig) -> bool:
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    return strategy.startswith("ddp") and not strategy.startswith("ddp_spawn") and cfg.trainer.get("devices", 1) != 1
+
+
+def _run_job_as_child() -> dict:
+    """Runs the current multirun job in a child process with only its own overrides (see module docstring)."""
+    import __main__
+
+    hc = HydraConfig.get()
+    script = [sys.executable, os.path.abspath(sys.argv[0])] if __main__.__spec__ is None \
+        else [sys.executable, "-m", __main__.__spec__.name]
+    cmd = [*script, *hc.overrides.task, f"hydra.run.dir={hc.runtime.output_dir}"]
+    log.info("multirun + DDP: running job %s as %s", hc.job.num, " ".join(cmd))
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    subprocess.run(cmd, check=True, env=env)
+    metrics = Path(hc.runtime.output_dir) / "metrics.json"
+    import json
+
+    return json.loads(metrics.read_text()) if metrics.exists() else {}
+
+
+def _single_process_after_ddp(trainer: pl.Trainer) -> bool:
+    """Tears down the process group; returns True on rank 0 (which goes on alone), False on other ranks."""
+    rank = trainer.global_rank
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    if rank != 0:
+        return False
+    for key in _DIST_ENV:
+        os.environ.pop(key, None)
+    return True
+
+
+def _scalars(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if hasattr(v, "__float__")}
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fits `cfg.model` on `cfg.data` with `cfg.trainer`, then tests the best checkpoint.
+
+    Returns:
+        The validation and test scalars of the run (also written to `<run dir>/metrics.json`).
+    """
+    if _is_multirun_ddp(cfg):
+        return _run_job_as_child()
+    pl.seed_everything(cfg.seed, workers=True)
+    out = output_dir(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)
+    datamodule = instantiate(cfg.data, _recursive_=False)
+    module = instantiate(cfg.model, _recursive_=False)
+    callbacks = _instantiate_dict(cfg.get("callbacks")) + [ConfigInCheckpoint(cfg)]
+    trainer = build_trainer(cfg, callbacks, _loggers(cfg, resuming=ckpt_path is not None))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    results = _scalars(trainer.callback_metrics)
+    if cfg.get("test_after_fit", True) and not trainer.fast_dev_run:
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+        if trainer.world_size > 1:
+            if not _single_process_after_ddp(trainer):
+                return results
+            tester = build_trainer(cfg, loggers=trainer.loggers, devices=1, num_nodes=1, strategy="auto")
+        else:
+            tester = trainer
+        log.info("testing %s", best or "the final weights")
+        tested = tester.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
+        results.update(_scalars(tested[0]) if tested else {})
+    if trainer.global_rank == 0:
+        save_json(out / "metrics.json", results)
+    return results
+
+
+def load_module(cfg: DictConfig, ckpt_path: str | os.PathLike) -> pl.LightningModule:
+    """Returns `cfg.model` instantiated with the weights of `ckpt_path`.
+
+    Raises:
+        DataError: the checkpoint is missing, unreadable or does not fit the configured model.
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise DataError(path, "checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise DataError(path, f"cannot read checkpoint ({type(err).__name__}: {err})") from err
+    if "state_dict" not in ckpt:
+        raise DataError(path, "not a Lightning checkpoint (no 'state_dict')")
+    module = instantiate(cfg.model, _recursive_=False)
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise DataError(path, f"weights do not fit the configured model: {err}") from err
+    return module
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Tests `cfg.ckpt_path` on the configured test data in one process; writes `<run dir>/eval_metrics.json`."""
+    if not cfg.get("ckpt_path"):
+        raise DataError(None, "eval needs ckpt_path=PATH (or ckpt_path=last for this run's last checkpoint)")
+    pl.seed_everything(cfg.seed, workers=True)
+    ckpt = resolve_ckpt_path(cfg)
+    if ckpt is None:
+        raise DataError(cfg.ckpt_path, "no checkpoint to evaluate")
+    module = load_module(cfg, ckpt)
+    datamodule = instantiate(cfg.data, _recursive_=False)
+    trainer = build_trainer(cfg, devices=1, num_nodes=1, strategy="auto")
+    tested = trainer.test(module, datamodule=datamodule)
+    results = _scalars(tested[0]) if tested else {}
+    save_json(output_dir(cfg) / "eval_metrics.json", results)
+    return results
+
+
+def entry(project: str, fn: Any = None, config_name: str = "train") -> Any:
+    """Returns the Hydra main function of a project: `entry("spin", train)()` in `projects/spin/train.py`.
+
+    The project's configs live in `conf/<project>/`; the shared groups (trainer, logger, callbacks, paths,
+    hydra, debug) are found through the `hydra.searchpath` entry `pkg://conf` of its primary config.
+    """
+    import hydra
+
+    @hydra.main(config_path=str(CONF_ROOT / project), config_name=config_name, version_base="1.3")
+    def _main(cfg: DictConfig) -> Any:
+        return cli(fn or train, cfg)
+
+    return _main
+
+
+def cli(fn: Any, cfg: DictConfig) -> Any:
+    """Runs `fn(cfg)`; a `DataError` becomes one line on stderr and exit code 2."""
+    try:
+        return fn(cfg)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
