@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 from common.io.atomic import atomic_path, save_json, save_npy, save_text
+from common.io.fastmri import (
+    FastMRIFile,
+    FastMRIHeader,
+    header_to_xml,
+    parse_header_xml,
+    read_header,
+    read_reconstruction,
+    validate_fastmri_file,
+    write_fastmri_volume,
+    write_reconstructions,
+)
 from common.io.nifti import (
     Volume,
     load_nifti,
@@ -14,6 +25,15 @@ from common.io.nifti import (
 )
 
 __all__ = [
+    "FastMRIFile",
+    "FastMRIHeader",
+    "header_to_xml",
+    "parse_header_xml",
+    "read_header",
+    "read_reconstruction",
+    "validate_fastmri_file",
+    "write_fastmri_volume",
+    "write_reconstructions",
     "Volume",
     "atomic_path",
     "load_nifti",
