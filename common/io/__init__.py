@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from common.io.atomic import atomic_path, save_json, save_npy, save_text
+from common.io.cache import VolumeCache
 from common.io.fastmri import (
     FastMRIFile,
     FastMRIHeader,
@@ -35,6 +36,7 @@ __all__ = [
     "write_fastmri_volume",
     "write_reconstructions",
     "Volume",
+    "VolumeCache",
     "atomic_path",
     "load_nifti",
     "save_json",
