@@ -1,0 +1,122 @@
+"""EasySR networks: shapes, parameter counts, reference state-dict names, discriminator heads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from projects.easysr.model import EasySRGenerator, PatchDiscriminator3D, conv_trunk_shape, count_parameters
+
+# Names and shapes of the reference checkpoints' tensors (Core-BMC/easysr G_latest_*.pth / D_latest_*.pth).
+_BN = {"weight": (32,), "bias": (32,), "running_mean": (32,), "running_var": (32,), "num_batches_tracked": ()}
+
+
+def _reference_generator_state() -> dict[str, tuple[int, ...]]:
+    shapes = {"conv_block1.0.weight": (32, 1, 3, 3, 3), "conv_block1.0.bias": (32,)}
+    for block in ("residual_block1", "residual_block2"):
+        for conv in (0, 3):
+            shapes[f"{block}.conv_block.{conv}.weight"] = (32, 32, 3, 3, 3)
+            shapes[f"{block}.conv_block.{conv}.bias"] = (32,)
+        for bn in (1, 4):
+            shapes.update({f"{block}.conv_block.{bn}.{k}": s for k, s in _BN.items()})
+    shapes.update({"conv_block2.0.weight": (32, 32, 3, 3, 3), "conv_block2.0.bias": (32,)})
+    shapes.update({f"conv_block2.1.{k}": s for k, s in _BN.items()})
+    shapes.update({"deup.deupblock.0.weight": (32, 32, 1, 3, 1), "deup.deupblock.0.bias": (32,),
+                   "conv3.weight": (1, 32, 3, 3, 3), "conv3.bias": (1,)})
+    return shapes
+
+
+def _reference_discriminator_state() -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for i, (cin, cout) in enumerate([(1, 3), (3, 6), (6, 12), (12, 24)], start=1):
+        shapes[f"conv{i}.0.weight"] = (cout, cin, 4, 4, 4)
+        shapes[f"conv{i}.0.bias"] = (cout,)
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"conv{i}.1.{k}"] = (cout,)
+        shapes[f"conv{i}.1.num_batches_tracked"] = ()
+    shapes.update({"conv5.weight": (24, 24, 4, 4, 4), "conv5.bias": (24,), "fc.weight": (1, 12936), "fc.bias": (1,)})
+    return shapes
+
+
+def _synthetic_state(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for name, shape in shapes.items():
+        if name.endswith("num_batches_tracked"):
+            state[name] = torch.tensor(54)
+        elif name.endswith("running_var"):
+            state[name] = torch.rand(shape, generator=g) + 0.5
+        else:
+            state[name] = torch.randn(shape, generator=g) * 0.05
+    return state
+
+
+def test_generator_parameter_count_matches_reference():
+    gen = EasySRGenerator()
+    assert count_parameters(gen) == 143_585
+    assert len(gen.state_dict()) == 41
+    buffers = sum(b.numel() for b in gen.buffers())
+    assert buffers == 325
+
+
+def test_discriminator_linear_parameter_count_matches_reference():
+    assert count_parameters(PatchDiscriminator3D(head="linear")) == 74_344
+    assert conv_trunk_shape((128, 192, 128)) == (7, 11, 7)
+
+
+@pytest.mark.parametrize("shape", [(8, 5, 7), (9, 4, 10)])
+def test_generator_upsamples_h_only_including_odd_sizes(shape):
+    gen = EasySRGenerator().eval()
+    with torch.no_grad():
+        out = gen(torch.rand(2, 1, *shape) * 255)
+    assert out.shape == (2, 1, shape[0], shape[1] * 3, shape[2])
+
+
+@pytest.mark.parametrize("up_dim,scale", [(-3, 2), (-1, 4)])
+def test_generator_other_axis_and_factor(up_dim, scale):
+    gen = EasySRGenerator(width=8, n_res=1, scale=scale, up_dim=up_dim).eval()
+    x = torch.rand(1, 1, 5, 6, 7)
+    expected = [1, 1, 5, 6, 7]
+    expected[up_dim] *= scale
+    assert list(gen(x).shape) == expected
+
+
+def test_generator_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        EasySRGenerator(up_dim=1)
+    with pytest.raises(ValueError):
+        EasySRGenerator(scale=0)
+
+
+def test_reference_generator_state_dict_loads_strict():
+    gen = EasySRGenerator()
+    expected = _reference_generator_state()
+    assert {k: tuple(v.shape) for k, v in gen.state_dict().items()} == expected
+    state = _synthetic_state(expected)
+    gen.load_state_dict(state, strict=True)
+    assert torch.equal(gen.conv3.weight, state["conv3.weight"])
+
+
+def test_reference_discriminator_state_dict_loads_strict():
+    disc = PatchDiscriminator3D(head="linear")
+    expected = _reference_discriminator_state()
+    assert {k: tuple(v.shape) for k, v in disc.state_dict().items()} == expected
+    state = _synthetic_state(expected)
+    disc.load_state_dict(state, strict=True)
+    assert torch.equal(disc.fc.weight, state["fc.weight"])
+
+
+def test_patch_discriminator_accepts_two_sizes():
+    disc = PatchDiscriminator3D()
+    small = disc(torch.rand(2, 1, 32, 48, 32))
+    large = disc(torch.rand(1, 1, 48, 96, 64))
+    assert small.shape == (2, 1, 1, 2, 1)
+    assert large.shape == (1, 1, 2, 5, 3)
+    assert small.dtype == torch.float32
+
+
+def test_linear_discriminator_only_accepts_its_size():
+    disc = PatchDiscriminator3D(head="linear", input_shape=(32, 48, 32))
+    assert disc(torch.rand(2, 1, 32, 48, 32)).shape == (2, 1)
+    with pytest.raises(ValueError, match="accepts only"):
+        disc(torch.rand(1, 1, 32, 32, 32))
