@@ -1,0 +1,93 @@
+"""The shared driver on a toy project: run folders, resume, bf16, DDP on 2 CPU processes, multirun, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from common.run import train
+
+TOY = Path(__file__).resolve().parent / "toy"
+REPO = TOY.parents[2]
+
+
+def _compose(out: Path, *overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(TOY / "toyconf"), version_base="1.3"):
+        return compose("train", overrides=["experiment=quick", "callbacks=minimal", f"paths.output_dir={out}",
+                                           *overrides])
+
+
+@pytest.fixture()
+def toy_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(TOY))
+
+
+def _steps(ckpt: Path) -> int:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+
+
+def test_bf16_fit_then_resume_continues_steps_and_tensorboard_run(tmp_path, toy_on_path):
+    results = train(_compose(tmp_path, "trainer.precision=bf16-mixed"))
+    assert results["test/psnr"] > 10
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert _steps(last) == 8  # 2 epochs x 4 batches
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["run_config"]["model"]["net"]["width"] == 8  # the config travels with the weights
+    assert json.loads((tmp_path / "metrics.json").read_text())["test/psnr"] == pytest.approx(results["test/psnr"])
+
+    train(_compose(tmp_path, "ckpt_path=last", "trainer.max_epochs=3"))
+    assert _steps(last) == 12
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["version_0"]
+
+
+def test_fresh_run_opens_new_tensorboard_version(tmp_path, toy_on_path):
+    train(_compose(tmp_path, "trainer.max_epochs=1", "test_after_fit=false"))
+    train(_compose(tmp_path, "trainer.max_epochs=1", "test_after_fit=false"))
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["version_0", "version_1"]
+
+
+def _run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "RANK")}
+    return subprocess.run([sys.executable, str(TOY / "train.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_ddp_on_two_cpu_processes_one_run_folder(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _run("experiment=quick", "callbacks=minimal", "trainer=ddp_cpu", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test/psnr"] > 10
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # ranks did not make folders of their own
+    assert sorted(p.name for p in (run_dir / "tb").iterdir()) == ["version_0"]
+    assert _steps(run_dir / "checkpoints" / "last.ckpt") == 4  # 2 epochs x 2 batches per rank
+
+
+def test_multirun_with_ddp_runs_each_job_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _run("-m", "experiment=quick", "callbacks=minimal", "trainer=ddp_cpu", "trainer.max_epochs=1",
+                "model.net.width=4,6", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["0", "1"]
+    for job, width in zip(jobs, (4, 6)):
+        cfg = (sweep / job / ".hydra" / "config.yaml").read_text()
+        assert f"width: {width}" in cfg
+        assert "test/psnr" in json.loads((sweep / job / "metrics.json").read_text())
+        assert not list((sweep / job).glob("**/multirun*"))
+
+
+def test_missing_checkpoint_is_one_clear_line(tmp_path):
+    proc = _run("experiment=quick", "ckpt_path=/nonexistent/x.ckpt", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2
+    assert "/nonexistent/x.ckpt: checkpoint file not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
