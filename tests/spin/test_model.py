@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from projects.spin.model import SPiN, LearnableDownsampler, UNet, count_parameters
+from projects.spin.model import LearnableDownsampler, SPiN, UNet, count_parameters
 
 PAPER_USED_PARAMS = 5_165_984
 REFERENCE_PARAMS = 5_263_808
