@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from common.io.atomic import atomic_path, save_json, save_npy, save_text
 from common.io.cache import VolumeCache
+from common.io.dicom import load_dicom_series
 from common.io.fastmri import (
     FastMRIFile,
     FastMRIHeader,
@@ -18,6 +19,7 @@ from common.io.fastmri import (
 from common.io.nifti import (
     Volume,
     load_nifti,
+    reorient_like,
     save_nifti,
     scale_axis_affine,
     through_plane_axis,
@@ -32,12 +34,14 @@ __all__ = [
     "parse_header_xml",
     "read_header",
     "read_reconstruction",
+    "reorient_like",
     "validate_fastmri_file",
     "write_fastmri_volume",
     "write_reconstructions",
     "Volume",
     "VolumeCache",
     "atomic_path",
+    "load_dicom_series",
     "load_nifti",
     "save_json",
     "save_nifti",

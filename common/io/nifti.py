@@ -253,13 +253,34 @@ def to_canonical(volume: Volume) -> Volume:
         volume: any :class:`Volume` with at least 3 dimensions.
 
     Returns:
-        A new :class:`Volume` whose array axes point closest to R, A, S.
+        A new :class:`Volume` whose array axes point closest to R, A, S (or `volume` itself
+        when it already does).
     """
-    ornt = orientations.io_orientation(volume.affine)
-    target = orientations.axcodes2ornt(("R", "A", "S"))
-    transform = orientations.ornt_transform(ornt, target)
-    if np.array_equal(transform, target):
-        return volume
+    return _reorient(volume, orientations.axcodes2ornt(("R", "A", "S")))
+
+
+def reorient_like(volume: Volume, affine: np.ndarray) -> Volume:
+    """Return the volume with its axes permuted and flipped to match the orientation of `affine`.
+
+    Use it to bring a label map stored in another axis order or slice direction onto an image's
+    array layout. Only flips and permutations are applied (no interpolation), so the world
+    position of every voxel is unchanged; when both volumes sample the same grid the returned
+    affine equals `affine`.
+
+    Args:
+        volume: the volume to reorient, at least 3-D.
+        affine: `[4, 4]` affine whose axis orientation is wanted.
+
+    Returns:
+        A new :class:`Volume` (or `volume` itself when nothing changes).
+    """
+    return _reorient(volume, orientations.io_orientation(np.asarray(affine, dtype=np.float64)))
+
+
+def _reorient(volume: Volume, target: np.ndarray) -> Volume:
+    transform = orientations.ornt_transform(orientations.io_orientation(volume.affine), target)
+    if np.array_equal(transform, [[0, 1], [1, 1], [2, 1]]):
+        return volume  # every axis kept in place, unflipped
     data = orientations.apply_orientation(volume.data, transform)
     affine = volume.affine @ orientations.inv_ornt_aff(transform, volume.data.shape)
     header = None

@@ -12,6 +12,7 @@ from common.errors import DataError
 from common.io.nifti import (
     Volume,
     load_nifti,
+    reorient_like,
     save_nifti,
     scale_axis_affine,
     through_plane_axis,
@@ -121,6 +122,20 @@ def test_canonical_keeps_world_position_of_a_marker(tmp_path):
     # Its header is consistent with the new array and affine.
     np.testing.assert_allclose(vol.header.get_best_affine(), vol.affine, atol=1e-4)
     assert vol.header.get_data_shape() == vol.shape
+
+
+def test_reorient_like_brings_a_label_onto_the_image_layout():
+    rng = np.random.default_rng(4)
+    image = rng.random((5, 6, 7)).astype(np.float32)
+    affine = oblique_affine()
+    # Label stored with axes 0/1 swapped and slices reversed: old (i, j, k) = (b, a, 6 - c).
+    index_map = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, 6], [0, 0, 0, 1]], dtype=float)
+    label = Volume(np.flip(image, 2).transpose(1, 0, 2).copy(), affine @ index_map)
+    assert label.shape == (6, 5, 7)
+    aligned = reorient_like(label, affine)
+    np.testing.assert_array_equal(aligned.data, image)
+    np.testing.assert_allclose(aligned.affine, affine, atol=1e-12)
+    assert reorient_like(aligned, affine) is aligned
 
 
 def test_to_canonical_is_identity_on_ras():
