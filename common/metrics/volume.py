@@ -195,7 +195,9 @@ class CaseSliceMetric(Metric):
 
     def _case_names_by_key(self) -> dict[int, str]:
         raw = (
-            dim_zero_cat(self.case_names).to(torch.uint8).cpu().numpy().tobytes() if self.case_names else b""
+            dim_zero_cat(self.case_names).to(torch.uint8).cpu().numpy().tobytes()
+            if len(self.case_names) > 0
+            else b""
         )
         names = [part.decode("utf-8") for part in raw.split(bytes([_NAME_SEPARATOR])) if part]
         return {case_key(name): name for name in names}
@@ -219,7 +221,7 @@ class CaseSliceMetric(Metric):
         """
         per_case: dict[str, dict[str, float]] = {}
         totals = {name: [] for name in self.metric_names}
-        if self.case_key:
+        if len(self.case_key) > 0:
             names = self._case_names_by_key()
             keys, stats = self._deduplicated_rows()
             case_keys, counts = torch.unique_consecutive(keys, return_counts=True)
