@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS)
 	@touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -q -x --timeout=600 tests
+	$(PY) -m pytest -q --timeout=900 tests
 
 lint: install
 	$(VENV)/bin/ruff check common projects tests benchmarks

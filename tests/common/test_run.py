@@ -19,10 +19,10 @@ TOY = Path(__file__).resolve().parent / "toy"
 REPO = TOY.parents[2]
 
 
-def _compose(out: Path, *overrides: str):
+def _compose(out: Path, *overrides: str, callbacks: str = "minimal"):
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(TOY / "toyconf"), version_base="1.3"):
-        return compose("train", overrides=["experiment=quick", "callbacks=minimal", f"paths.output_dir={out}",
+        return compose("train", overrides=["experiment=quick", f"callbacks={callbacks}", f"paths.output_dir={out}",
                                            *overrides])
 
 
@@ -49,8 +49,16 @@ def test_bf16_fit_then_resume_continues_steps_and_tensorboard_run(tmp_path, toy_
     assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["version_0"]
 
 
-def test_fresh_run_opens_new_tensorboard_version(tmp_path, toy_on_path):
-    train(_compose(tmp_path, "trainer.max_epochs=1", "test_after_fit=false"))
+def test_tensorboard_scalars_panels_and_new_version_per_fresh_run(tmp_path, toy_on_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(_compose(tmp_path, "trainer.max_epochs=1", "test_after_fit=false", callbacks="default"))
+    events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"images": 0}).Reload()
+    assert {"train/loss_step", "val/psnr", "val/loss"} <= set(events.Tags()["scalars"])
+    assert {"val/panels/0_0", "val/panels/0_1"} <= set(events.Tags()["images"])
+    panel = events.Images("val/panels/0_0")[0]
+    assert panel.width > 3 * panel.height  # input | prediction | reference | error side by side
+
     train(_compose(tmp_path, "trainer.max_epochs=1", "test_after_fit=false"))
     assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["version_0", "version_1"]
 
