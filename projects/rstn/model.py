@@ -1,0 +1,331 @@
+"""RSTN networks: FCN-8s (VGG16) x2 joined by the saliency transformation module.
+
+State-dict names follow the reference PyTorch port (`coarse_model.conv1_1.weight`, ..., `saliency1.weight`,
+`saliency2.weight`, `fine_model.upscore8.weight`), so its checkpoints load unchanged. At width 1 the RSTN has
+268,555,786 parameters (2 x 134,277,737 for the FCNs, 84 + 228 for the saliency module), of which the three
+bilinear deconvolutions of each FCN (2,592 weights) are frozen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+Mode = Literal["S", "I", "J"]
+Margins = tuple[int, int, int, int]
+
+# (name, output channels at width 1) of the VGG16 convolutions, block by block.
+VGG_BLOCKS: tuple[tuple[tuple[str, int], ...], ...] = (
+    (("conv1_1", 64), ("conv1_2", 64)),
+    (("conv2_1", 128), ("conv2_2", 128)),
+    (("conv3_1", 256), ("conv3_2", 256), ("conv3_3", 256)),
+    (("conv4_1", 512), ("conv4_2", 512), ("conv4_3", 512)),
+    (("conv5_1", 512), ("conv5_2", 512), ("conv5_3", 512)),
+)
+# Index of each VGG16 convolution in torchvision's `features` Sequential.
+TORCHVISION_FEATURES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+UNCROP_FILL = -9_999_999.0  # logit written outside the fine crop box: sigmoid gives exactly 0
+
+
+def bilinear_kernel(size: int) -> np.ndarray:
+    """Returns the [size, size] float32 bilinear upsampling kernel of a stride-(size // 2) transposed conv."""
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    ramp = 1 - np.abs(np.arange(size) - center) / factor
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+class FCN8s(nn.Module):
+    """FCN-8s on a VGG16 trunk, with the Caffe padding of 100 and the 5 / 9 / 31 crop offsets.
+
+    Args:
+        in_channels: input channels (3 adjacent slices).
+        n_out: output maps (one per input slice).
+        width: channel multiplier of every layer (1 = the paper: 64 ... 512 convs, 4096-wide fc6/fc7).
+        dropout: Dropout2d rate after fc6 and fc7.
+    """
+
+    def __init__(self, in_channels: int = 3, n_out: int = 3, width: float = 1.0, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.width = width
+        previous = in_channels
+        for block in VGG_BLOCKS:
+            for name, channels in block:
+                out = _scaled(channels, width)
+                setattr(self, name, nn.Conv2d(previous, out, 3, padding=100 if name == "conv1_1" else 1))
+                previous = out
+        fc = _scaled(4096, width)
+        self.fc6 = nn.Conv2d(previous, fc, 7)
+        self.fc7 = nn.Conv2d(fc, fc, 1)
+        self.drop = nn.Dropout2d(dropout)
+        self.score_fr = nn.Conv2d(fc, n_out, 1)
+        self.score_pool3 = nn.Conv2d(_scaled(256, width), n_out, 1)
+        self.score_pool4 = nn.Conv2d(_scaled(512, width), n_out, 1)
+        self.upscore2 = nn.ConvTranspose2d(n_out, n_out, 4, stride=2, bias=False)
+        self.upscore8 = nn.ConvTranspose2d(n_out, n_out, 16, stride=8, bias=False)
+        self.upscore_pool4 = nn.ConvTranspose2d(n_out, n_out, 4, stride=2, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-initialises the trunk, zeroes the score layers (as the reference) and fixes the deconvs."""
+        for name, module in self.named_children():
+            if isinstance(module, nn.ConvTranspose2d):
+                kernel = torch.from_numpy(bilinear_kernel(module.kernel_size[0]))
+                with torch.no_grad():
+                    module.weight.zero_()
+                    for c in range(min(module.in_channels, module.out_channels)):
+                        module.weight[c, c] = kernel
+                module.weight.requires_grad_(False)
+            elif isinstance(module, nn.Conv2d):
+                if name.startswith("score"):
+                    nn.init.zeros_(module.weight)
+                else:
+                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+    def trunk_convs(self) -> list[nn.Conv2d]:
+        """Returns the 13 VGG16 convolutions in order."""
+        return [getattr(self, name) for block in VGG_BLOCKS for name, _ in block]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Returns logits [N, n_out, H, W] for an input [N, in_channels, H, W], any H, W >= 1."""
+        h = x
+        pools = []
+        for block in VGG_BLOCKS:
+            for name, _ in block:
+                h = F.relu(getattr(self, name)(h), inplace=True)
+            h = F.max_pool2d(h, 2, 2, ceil_mode=True)
+            pools.append(h)
+        pool3, pool4 = pools[2], pools[3]
+        h = self.drop(F.relu(self.fc6(h), inplace=True))
+        h = self.drop(F.relu(self.fc7(h), inplace=True))
+        up2 = self.upscore2(self.score_fr(h))
+        h = up2 + self.score_pool4(pool4)[:, :, 5:5 + up2.shape[2], 5:5 + up2.shape[3]]
+        up4 = self.upscore_pool4(h)
+        h = up4 + self.score_pool3(pool3)[:, :, 9:9 + up4.shape[2], 9:9 + up4.shape[3]]
+        return self.upscore8(h)[:, :, 31:31 + x.shape[2], 31:31 + x.shape[3]]
+
+
+def load_vgg16(fcn: FCN8s, state_dict: Mapping[str, Tensor]) -> None:
+    """Copies a torchvision-style VGG16 state dict into an FCN8s of width 1 (fc6 -> 7x7 conv, fc7 -> 1x1 conv).
+
+    Args:
+        fcn: the network to fill in place; its score layers and deconvolutions are left untouched.
+        state_dict: `features.{0,2,...,28}.{weight,bias}`, `classifier.{0,3}.{weight,bias}` of VGG16.
+
+    Raises:
+        KeyError: a key is missing. ValueError: a shape does not fit (e.g. width != 1).
+    """
+    pairs = [(conv, f"features.{i}") for conv, i in zip(fcn.trunk_convs(), TORCHVISION_FEATURES, strict=True)]
+    pairs += [(fcn.fc6, "classifier.0"), (fcn.fc7, "classifier.3")]
+    with torch.no_grad():
+        for conv, key in pairs:
+            weight, bias = state_dict[f"{key}.weight"], state_dict[f"{key}.bias"]
+            if weight.numel() != conv.weight.numel() or bias.shape != conv.bias.shape:
+                raise ValueError(f"{key}: shape {tuple(weight.shape)} does not fit {tuple(conv.weight.shape)}")
+            conv.weight.copy_(weight.reshape(conv.weight.shape))
+            conv.bias.copy_(bias)
+
+
+class SaliencyTransform(nn.Module):
+    """conv3x3 -> ReLU -> conv5x5: maps a probability map to a spatial weight of the image.
+
+    Args:
+        channels: maps in and out (3).
+        init: "pytorch" (reference port: saliency2 W = 0, bias 1.0/1.5/2.0) or "caffe" (xavier, bias 1).
+    """
+
+    def __init__(self, channels: int = 3, init: Literal["pytorch", "caffe"] = "pytorch") -> None:
+        super().__init__()
+        self.saliency1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.saliency2 = nn.Conv2d(channels, channels, 5, padding=2)
+        init_saliency(self.saliency1, self.saliency2, init)
+
+    def forward(self, prob: Tensor) -> Tensor:
+        """Returns the saliency [N, C, H, W] of probabilities [N, C, H, W] in [0, 1]."""
+        return self.saliency2(F.relu(self.saliency1(prob)))
+
+
+def init_saliency(first: nn.Conv2d, second: nn.Conv2d, init: str) -> None:
+    """Initialises the two saliency convolutions as the PyTorch port ("pytorch") or the Caffe original."""
+    if init not in ("pytorch", "caffe"):
+        raise ValueError(f"saliency init must be 'pytorch' or 'caffe', got {init!r}")
+    nn.init.xavier_normal_(first.weight)
+    nn.init.ones_(first.bias)
+    if init == "caffe":
+        nn.init.xavier_normal_(second.weight)
+        nn.init.ones_(second.bias)
+        return
+    nn.init.zeros_(second.weight)
+    with torch.no_grad():
+        second.bias.copy_(torch.linspace(1.0, 2.0, second.out_channels) if second.out_channels > 1
+                          else torch.ones(1))
+
+
+def as_margins(margin: int | Sequence[int]) -> Margins:
+    """Returns (before_row, after_row, before_col, after_col) from one int or four."""
+    if isinstance(margin, int):
+        return (margin,) * 4  # type: ignore[return-value]
+    values = tuple(int(m) for m in margin)
+    if len(values) != 4:
+        raise ValueError(f"margin must be an int or 4 ints, got {margin!r}")
+    return values  # type: ignore[return-value]
+
+
+def sample_margins(margin: int = 20, jitter_prob: float = 0.5, generator: torch.Generator | None = None) -> Margins:
+    """Returns training crop margins: all `margin` with probability 1 - jitter_prob, else each in [0, 2*margin].
+
+    Args:
+        margin: the test-time margin (pixels).
+        jitter_prob: probability of drawing the four margins independently and uniformly.
+        generator: torch random generator (the global one if None).
+    """
+    if torch.rand((), generator=generator).item() >= jitter_prob:
+        return (margin,) * 4  # type: ignore[return-value]
+    draws = torch.randint(0, 2 * margin + 1, (4,), generator=generator)
+    return tuple(int(v) for v in draws)  # type: ignore[return-value]
+
+
+def crop_box(mask: Tensor, margin: int | Sequence[int] = 20) -> tuple[int, int, int, int]:
+    """Returns the half-open box (y0, y1, x0, x1) around all true pixels of `mask`, widened and clipped.
+
+    Args:
+        mask: bool [N, C, H, W]; the box covers every channel and sample.
+        margin: int or (before_row, after_row, before_col, after_col) in pixels; the reference calls these
+            (left, right, top, bottom).
+
+    Returns:
+        The box; the whole image (0, H, 0, W) if the mask is empty.
+    """
+    height, width = mask.shape[-2:]
+    rows = mask.flatten(0, -3).any(dim=0).any(dim=1).nonzero()
+    cols = mask.flatten(0, -3).any(dim=0).any(dim=0).nonzero()
+    if rows.numel() == 0:
+        return 0, height, 0, width
+    before_r, after_r, before_c, after_c = as_margins(margin)
+    return (max(int(rows[0]) - before_r, 0), min(int(rows[-1]) + after_r + 1, height),
+            max(int(cols[0]) - before_c, 0), min(int(cols[-1]) + after_c + 1, width))
+
+
+def _per_sample_box_mask(mask: Tensor, margins: Margins) -> Tensor:
+    """Returns float [N, 1, H, W]: 1 inside each sample's own box (the union crop covers several samples)."""
+    keep = torch.zeros(mask.shape[0], 1, *mask.shape[-2:], dtype=torch.float32, device=mask.device)
+    for n in range(mask.shape[0]):
+        y0, y1, x0, x1 = crop_box(mask[n:n + 1], margins)
+        keep[n, :, y0:y1, x0:x1] = 1
+    return keep
+
+
+def soft_dice_loss(prob: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """Returns 1 - mean over samples of the soft Dice of [N, ...] probabilities against [N, ...] targets."""
+    p, g = prob.flatten(1), target.flatten(1).to(prob.dtype)
+    dsc = (2 * (p * g).sum(1) + eps) / ((p + g).sum(1) + eps)
+    return 1 - dsc.mean()
+
+
+def rstn_loss(p_coarse: Tensor, p_fine: Tensor, target: Tensor, coarse_weight: float = 1 / 3) -> Tensor:
+    """Returns coarse_weight * Dice loss(coarse) + (1 - coarse_weight) * Dice loss(fine); inputs [N, 3, H, W]."""
+    return coarse_weight * soft_dice_loss(p_coarse, target) + (1 - coarse_weight) * soft_dice_loss(p_fine, target)
+
+
+class RSTN(nn.Module):
+    """Recurrent saliency transformation network: coarse FCN-8s, saliency module, fine FCN-8s.
+
+    Args:
+        in_channels: stacked slices per sample (3); the network outputs one map per slice.
+        width: channel multiplier of both FCNs (1 = the paper).
+        dropout: FCN dropout rate.
+        saliency_init: "pytorch" or "caffe" (see `SaliencyTransform`).
+    """
+
+    def __init__(self, in_channels: int = 3, width: float = 1.0, dropout: float = 0.5,
+                 saliency_init: Literal["pytorch", "caffe"] = "pytorch") -> None:
+        super().__init__()
+        self.coarse_model = FCN8s(in_channels, in_channels, width, dropout)
+        self.saliency1 = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        self.saliency2 = nn.Conv2d(in_channels, in_channels, 5, padding=2)
+        self.fine_model = FCN8s(in_channels, in_channels, width, dropout)
+        init_saliency(self.saliency1, self.saliency2, saliency_init)
+
+    def load_vgg16(self, state_dict: Mapping[str, Tensor]) -> None:
+        """Initialises both FCN trunks from one torchvision-style VGG16 state dict (width 1 only)."""
+        load_vgg16(self.coarse_model, state_dict)
+        load_vgg16(self.fine_model, state_dict)
+
+    def saliency(self, prob: Tensor) -> Tensor:
+        """Returns the saliency weight [N, C, H, W] of coarse probabilities [N, C, H, W]."""
+        return self.saliency2(F.relu(self.saliency1(prob)))
+
+    def forward_coarse(self, x: Tensor) -> Tensor:
+        """Returns coarse probabilities [N, C, H, W] of images [N, C, H, W] in [0, 1]."""
+        return torch.sigmoid(self.coarse_model(x))
+
+    def _fine(self, weighted: Tensor, mask: Tensor, margins: Margins) -> Tensor:
+        """Returns fine probabilities of `weighted` inside the box of `mask`, exactly 0 outside it."""
+        y0, y1, x0, x1 = crop_box(mask, margins)
+        if weighted.shape[0] > 1:
+            weighted = weighted * _per_sample_box_mask(mask, margins)
+        logits = self.fine_model(weighted[:, :, y0:y1, x0:x1])
+        height, width = weighted.shape[-2:]
+        logits = F.pad(logits, (x0, width - x1, y0, height - y1), value=UNCROP_FILL)
+        return torch.sigmoid(logits)
+
+    def forward_train(self, x: Tensor, y: Tensor, mode: Mode, margins: int | Sequence[int] = 20
+                      ) -> tuple[Tensor, Tensor]:
+        """Returns (coarse, fine) probabilities [N, C, H, W] of one training step.
+
+        Args:
+            x: images [N, C, H, W] float32 in [0, 1].
+            y: labels [N, C, H, W] (0/1).
+            mode: "S" (box from y, raw image to the fine net), "I" (box from y, saliency-weighted image) or
+                "J" (box from the coarse mask >= 0.5, from y if that is empty; saliency-weighted image).
+            margins: crop margins (see `crop_box`).
+        """
+        if mode not in ("S", "I", "J"):
+            raise ValueError(f"mode must be S, I or J, got {mode!r}")
+        p_coarse = self.forward_coarse(x)
+        label_mask = y >= 0.5
+        if mode == "S":
+            return p_coarse, self._fine(x, label_mask, as_margins(margins))
+        weighted = x * self.saliency(p_coarse)
+        mask = label_mask
+        if mode == "J":
+            coarse_mask = p_coarse.detach() >= 0.5
+            mask = coarse_mask if bool(coarse_mask.any()) else label_mask
+        return p_coarse, self._fine(weighted, mask, as_margins(margins))
+
+    def forward_fine(self, x: Tensor, score: Tensor, mask: Tensor, margin: int | Sequence[int] = 20) -> Tensor:
+        """Returns fine probabilities [N, C, H, W]; all 0 where `mask` is empty.
+
+        Args:
+            x: images [N, C, H, W] in [0, 1].
+            score: previous probabilities [N, C, H, W] in [0, 1], input of the saliency module.
+            mask: bool [N, C, H, W] giving the crop box.
+            margin: crop margin (pixels).
+        """
+        if not bool(mask.any()):
+            return torch.zeros_like(x)
+        return self._fine(x * self.saliency(score), mask, as_margins(margin))
+
+    def forward_oracle(self, x: Tensor, y: Tensor, margin: int = 20) -> Tensor:
+        """Returns fine probabilities with the saliency of the coarse output and the box of the labels `y`."""
+        return self.forward_fine(x, self.forward_coarse(x), y >= 0.5, margin)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Returns coarse probabilities (the coarse-testing pass); see `forward_train` for training."""
+        return self.forward_coarse(x)
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Returns the number of parameters of `module` (all, or only those with requires_grad)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+

@@ -1,0 +1,172 @@
+"""RSTN networks: sizes, parameter counts, state-dict names, crop box, mode wiring, loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from projects.rstn.model import (
+    RSTN,
+    FCN8s,
+    SaliencyTransform,
+    bilinear_kernel,
+    count_parameters,
+    crop_box,
+    load_vgg16,
+    rstn_loss,
+    sample_margins,
+    soft_dice_loss,
+)
+
+
+@pytest.fixture(scope="module")
+def small() -> RSTN:
+    torch.manual_seed(0)
+    return RSTN(width=1 / 16).eval()
+
+
+def test_paper_parameter_count_and_names() -> None:
+    with torch.device("meta"):  # counts only: no memory, no forward at full size
+        net = RSTN(width=1.0)
+    assert count_parameters(net) == 268_555_786
+    assert count_parameters(net.coarse_model) == 134_277_737
+    assert count_parameters(net, trainable_only=True) == 268_555_786 - 2 * 2_592
+    assert count_parameters(net.saliency1) == 84 and count_parameters(net.saliency2) == 228
+    names = set(net.state_dict())
+    for prefix in ("coarse_model", "fine_model"):
+        for layer in ("conv1_1", "conv5_3", "fc6", "fc7", "score_fr", "score_pool3", "score_pool4"):
+            assert f"{prefix}.{layer}.weight" in names and f"{prefix}.{layer}.bias" in names
+        for layer in ("upscore2", "upscore_pool4", "upscore8"):
+            assert f"{prefix}.{layer}.weight" in names and f"{prefix}.{layer}.bias" not in names
+    assert net.coarse_model.fc6.weight.shape == (4096, 512, 7, 7)
+    assert len(names) == 82
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (33, 64), (65, 31), (101, 3)])
+def test_fcn8s_output_matches_odd_inputs(shape: tuple[int, int]) -> None:
+    net = FCN8s(width=1 / 16).eval()
+    out = net(torch.rand(2, 3, *shape))
+    assert out.shape == (2, 3, *shape)
+
+
+def test_fcn8s_is_trainable_and_score_layers_start_at_zero() -> None:
+    net = FCN8s(width=1 / 16)
+    assert torch.count_nonzero(net.score_fr.weight) == 0
+    assert not net.upscore8.weight.requires_grad
+    out = net(torch.rand(1, 3, 20, 20))
+    assert torch.allclose(out, torch.zeros_like(out))  # zero scores: probabilities start at 0.5
+    out.sum().backward()
+    assert net.score_pool3.weight.grad.abs().sum() > 0
+
+
+def test_bilinear_kernel_is_the_separable_ramp() -> None:
+    k = bilinear_kernel(4)
+    assert torch.allclose(torch.from_numpy(k[0]), torch.tensor([0.0625, 0.1875, 0.1875, 0.0625]))
+    assert k.shape == (4, 4) and abs(bilinear_kernel(16).sum() - 64.0) < 1e-4
+
+
+def test_saliency_module_shape_and_reference_init() -> None:
+    module = SaliencyTransform(3)
+    out = module(torch.rand(2, 3, 9, 11))
+    assert out.shape == (2, 3, 9, 11)
+    # saliency2 starts at W = 0, bias (1, 1.5, 2): the image is scaled channel-wise
+    assert torch.allclose(out[:, 1], torch.full((2, 9, 11), 1.5))
+    caffe = SaliencyTransform(3, init="caffe")
+    assert torch.count_nonzero(caffe.saliency2.weight) > 0
+
+
+def test_crop_box_margins_clipping_and_empty_mask() -> None:
+    mask = torch.zeros(1, 3, 50, 40, dtype=torch.bool)
+    assert crop_box(mask, 20) == (0, 50, 0, 40)
+    mask[0, 1, 10:15, 20:22] = True
+    mask[0, 2, 16, 25] = True  # boxes cover every channel
+    assert crop_box(mask, 0) == (10, 17, 20, 26)
+    assert crop_box(mask, 20) == (0, 37, 0, 40)
+    assert crop_box(mask, (1, 2, 3, 4)) == (9, 19, 17, 30)
+
+
+def test_sample_margins_jitter() -> None:
+    g = torch.Generator().manual_seed(1)
+    draws = [sample_margins(20, 0.5, g) for _ in range(400)]
+    fixed = sum(d == (20, 20, 20, 20) for d in draws)
+    assert 150 < fixed < 250
+    assert all(0 <= v <= 40 for d in draws for v in d)
+    assert len({d for d in draws}) > 50
+    assert all(sample_margins(20, 0.0, g) == (20,) * 4 for _ in range(10))
+
+
+def _spy_fine(net: RSTN) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    net.fine_model.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    return seen
+
+
+def test_modes_wire_the_fine_input(small: RSTN) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 40, 40)
+    y = torch.zeros(1, 3, 40, 40)
+    y[:, :, 10:14, 12:20] = 1
+    seen = _spy_fine(small)
+    _, p_s = small.forward_train(x, y, "S", 2)
+    assert torch.equal(seen[-1], x[:, :, 8:16, 10:22])  # raw image, box of the labels
+    assert (p_s[:, :, :8] == 0).all() and (p_s[:, :, 16:] == 0).all()
+    _, _ = small.forward_train(x, y, "I", 2)
+    weights = torch.tensor([1.0, 1.5, 2.0]).view(1, 3, 1, 1)
+    assert torch.allclose(seen[-1], (x * weights)[:, :, 8:16, 10:22], atol=1e-6)
+    # J: the coarse net starts at p = 0.5 everywhere, so the coarse mask is the whole image
+    p_c, _ = small.forward_train(x, y, "J", 2)
+    assert seen[-1].shape[-2:] == (40, 40) and (p_c >= 0.5).all()
+    with pytest.raises(ValueError):
+        small.forward_train(x, y, "K", 2)  # type: ignore[arg-type]
+
+
+def test_mode_j_falls_back_to_labels_when_coarse_mask_empty(small: RSTN) -> None:
+    with torch.no_grad():
+        small.coarse_model.score_fr.bias.fill_(-50.0)
+    try:
+        seen = _spy_fine(small)
+        y = torch.zeros(1, 3, 30, 30)
+        y[:, 0, 5:8, 5:8] = 1
+        small.forward_train(torch.rand(1, 3, 30, 30), y, "J", 0)
+        assert seen[-1].shape[-2:] == (3, 3)
+    finally:
+        with torch.no_grad():
+            small.coarse_model.score_fr.bias.zero_()
+
+
+def test_fine_stage_batch_uses_each_samples_box(small: RSTN) -> None:
+    x = torch.rand(2, 3, 32, 32)
+    mask = torch.zeros(2, 3, 32, 32, dtype=torch.bool)
+    mask[0, :, 2:4, 2:4] = True
+    mask[1, :, 20:24, 20:24] = True
+    seen = _spy_fine(small)
+    small.forward_fine(x, torch.rand(2, 3, 32, 32), mask, 1)
+    crop = seen[-1]
+    assert crop.shape[-2:] == (24, 24)  # rows and cols 1 .. 24
+    assert (crop[0, :, 10:, 10:] == 0).all() and (crop[1, :, :5, :5] == 0).all()
+    assert torch.count_nonzero(small.forward_fine(x, x, torch.zeros_like(mask))) == 0
+
+
+def test_losses() -> None:
+    y = torch.zeros(2, 3, 8, 8)
+    y[:, :, 2:5, 2:5] = 1
+    assert soft_dice_loss(y, y).item() < 1e-6
+    assert abs(soft_dice_loss(1 - y, y).item() - 1) < 1e-6
+    assert abs(rstn_loss(y, 1 - y, y).item() - 2 / 3) < 1e-5
+
+
+def test_load_vgg16_maps_torchvision_names() -> None:
+    net = FCN8s(width=1 / 16)
+    sd = {}
+    for i, conv in zip((0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28), net.trunk_convs(), strict=True):
+        sd[f"features.{i}.weight"] = torch.full_like(conv.weight, float(i))
+        sd[f"features.{i}.bias"] = torch.full_like(conv.bias, float(i))
+    sd["classifier.0.weight"] = torch.ones(net.fc6.out_channels, net.fc6.in_channels * 49)
+    sd["classifier.0.bias"] = torch.zeros(net.fc6.out_channels)
+    sd["classifier.3.weight"] = torch.ones(net.fc7.out_channels, net.fc7.in_channels)
+    sd["classifier.3.bias"] = torch.zeros(net.fc7.out_channels)
+    load_vgg16(net, sd)
+    assert (net.conv3_2.weight == 12).all() and (net.fc6.weight == 1).all()
+    sd["classifier.3.weight"] = torch.ones(3, 3)
+    with pytest.raises(ValueError, match="classifier.3"):
+        load_vgg16(net, sd)
