@@ -88,22 +88,17 @@ def test_generator_rejects_bad_arguments():
         EasySRGenerator(scale=0)
 
 
-def test_reference_generator_state_dict_loads_strict():
-    gen = EasySRGenerator()
-    expected = _reference_generator_state()
-    assert {k: tuple(v.shape) for k, v in gen.state_dict().items()} == expected
-    state = _synthetic_state(expected)
-    gen.load_state_dict(state, strict=True)
-    assert torch.equal(gen.conv3.weight, state["conv3.weight"])
-
-
-def test_reference_discriminator_state_dict_loads_strict():
-    disc = PatchDiscriminator3D(head="linear")
-    expected = _reference_discriminator_state()
-    assert {k: tuple(v.shape) for k, v in disc.state_dict().items()} == expected
-    state = _synthetic_state(expected)
-    disc.load_state_dict(state, strict=True)
-    assert torch.equal(disc.fc.weight, state["fc.weight"])
+@pytest.mark.parametrize("build,expected,probe", [
+    (EasySRGenerator, _reference_generator_state, "conv3.weight"),
+    (lambda: PatchDiscriminator3D(head="linear"), _reference_discriminator_state, "fc.weight"),
+])
+def test_reference_state_dict_loads_strict(build, expected, probe):
+    net = build()
+    shapes = expected()
+    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == shapes
+    state = _synthetic_state(shapes)
+    net.load_state_dict(state, strict=True)
+    assert torch.equal(net.state_dict()[probe], state[probe])
 
 
 def test_patch_discriminator_accepts_two_sizes():
