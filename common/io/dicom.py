@@ -71,9 +71,14 @@ def _as_slice(path: Path, ds: pydicom.Dataset) -> _Slice | None:
         raise DataError(path, f"malformed geometry tags ({err})") from err
 
 
-def _scan_folder(folder: Path) -> dict[str, list[_Slice]]:
-    """Read every DICOM header below `folder` and group the image slices by series."""
+def _scan_folder(folder: Path) -> tuple[dict[str, list[_Slice]], int]:
+    """Read every DICOM header below `folder`; group the image slices by series.
+
+    Returns:
+        `{series_uid: slices}` and the number of DICOM files without image geometry.
+    """
     series: dict[str, list[_Slice]] = {}
+    without_geometry = 0
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
@@ -81,20 +86,29 @@ def _scan_folder(folder: Path) -> dict[str, list[_Slice]]:
                 continue
             path = Path(root) / name
             ds = _read_header(path)
-            entry = None if ds is None else _as_slice(path, ds)
-            if entry is not None:
+            if ds is None:
+                continue
+            entry = _as_slice(path, ds)
+            if entry is None:
+                without_geometry += 1
+            else:
                 series.setdefault(entry.series_uid, []).append(entry)
-    return series
+    return series, without_geometry
 
 
-def _choose_series(folder: Path, series: dict[str, list[_Slice]], series_uid: str | None) -> list[_Slice]:
+def _choose_series(folder: Path, series_uid: str | None) -> list[_Slice]:
+    series, without_geometry = _scan_folder(folder)
+
     def listing() -> str:
         return "; ".join(
             f"{uid} ({len(s)} slices, {s[0].description!r})" for uid, s in sorted(series.items())
         )
 
     if not series:
-        raise DataError(folder, "no DICOM image slices found")
+        extra = (
+            f" ({without_geometry} DICOM file(s) lack {'/'.join(_GEOMETRY_TAGS)})" if without_geometry else ""
+        )
+        raise DataError(folder, f"no DICOM image slices found{extra}")
     if series_uid is not None:
         if series_uid not in series:
             raise DataError(folder, f"series {series_uid} not found; series present: {listing()}")
@@ -240,7 +254,7 @@ def load_dicom_series(
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "DICOM folder not found" if not folder.exists() else "not a folder")
-    slices = _choose_series(folder, _scan_folder(folder), series_uid)
+    slices = _choose_series(folder, series_uid)
     _check_consistent(slices)
     slices, step = _sort_and_check_spacing(slices, spacing_tolerance)
     if len(slices) == 1:

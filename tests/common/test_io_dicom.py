@@ -169,5 +169,17 @@ def test_empty_or_missing_folder(tmp_path):
     (tmp_path / "empty" / "readme.txt").write_text("no images")
     with pytest.raises(DataError, match="empty: no DICOM image slices found"):
         load_dicom_series(tmp_path / "empty")
+    sr = Dataset()  # a DICOM object without image geometry (e.g. a report)
+    sr.file_meta = FileMetaDataset()
+    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    sr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    sr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    sr.SeriesInstanceUID = "1.2.3"
+    sr.Modality = "SR"
+    sr.save_as(tmp_path / "empty" / "report.dcm", enforce_file_format=True)
+    with pytest.raises(
+        DataError, match="no DICOM image slices found .1 DICOM file.s. lack ImagePositionPatient"
+    ):
+        load_dicom_series(tmp_path / "empty")
     with pytest.raises(DataError, match="nowhere: DICOM folder not found"):
         load_dicom_series(tmp_path / "nowhere")
