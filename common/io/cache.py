@@ -128,12 +128,12 @@ class VolumeCache:
         for key in arrays:
             _check_name(key, "key")
         case_dir = self.root / case_id
-        keys = {}
+        keys: dict[str, dict[str, Any]] = {}
         for key, array in arrays.items():
             array = np.asarray(array)
             save_npy(case_dir / f"{key}.npy", array)
             keys[key] = {"shape": list(array.shape), "dtype": array.dtype.str}
-        entry = {
+        entry: dict[str, Any] = {
             "keys": keys,
             "affine": None if affine is None else np.asarray(affine, dtype=np.float64).tolist(),
             "meta": dict(meta or {}),

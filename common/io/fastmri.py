@@ -94,8 +94,16 @@ def parse_header_xml(xml: bytes | str, path: str | os.PathLike | None = None) ->
     rec = "encoding/reconSpace/matrixSize"
     lim = "encoding/encodingLimits/kspace_encoding_step_1"
     return FastMRIHeader(
-        encoding_size=tuple(_int_at(root, f"{enc}/{a}", path) for a in "xyz"),
-        recon_size=tuple(_int_at(root, f"{rec}/{a}", path) for a in "xyz"),
+        encoding_size=(
+            _int_at(root, f"{enc}/x", path),
+            _int_at(root, f"{enc}/y", path),
+            _int_at(root, f"{enc}/z", path),
+        ),
+        recon_size=(
+            _int_at(root, f"{rec}/x", path),
+            _int_at(root, f"{rec}/y", path),
+            _int_at(root, f"{rec}/z", path),
+        ),
         center=_int_at(root, f"{lim}/center", path),
         maximum=_int_at(root, f"{lim}/maximum", path),
     )
@@ -146,8 +154,8 @@ def header_to_xml(
         _xyz(node, f"{q}fieldOfView_mm", tuple(float(v) for v in fov))
     ET.SubElement(encoding, f"{q}trajectory").text = "cartesian"
     step1 = ET.SubElement(ET.SubElement(encoding, f"{q}encodingLimits"), f"{q}kspace_encoding_step_1")
-    for tag, value in (("minimum", 0), ("maximum", header.maximum), ("center", header.center)):
-        ET.SubElement(step1, f"{q}{tag}").text = str(int(value))
+    for tag, line in (("minimum", 0), ("maximum", header.maximum), ("center", header.center)):
+        ET.SubElement(step1, f"{q}{tag}").text = str(int(line))
     if sequence:
         params = ET.SubElement(root, f"{q}sequenceParameters")
         for tag, value in sequence.items():

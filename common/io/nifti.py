@@ -186,7 +186,7 @@ def _check_values(data: np.ndarray, path: Path, allow_constant: bool) -> None:
         raise DataError(path, f"volume is constant (every voxel = {data.flat[0]})")
 
 
-def _read_image(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+def _read_image(path: Path) -> tuple[nib.Nifti1Pair, np.ndarray]:
     """Open a NIfTI file and read its voxels eagerly, so that corruption is reported here."""
     if not path.exists():
         raise DataError(path, "file not found")
