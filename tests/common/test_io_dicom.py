@@ -34,7 +34,15 @@ def _raw_slices(n: int = SLICES) -> list[np.ndarray]:
 
 
 def _write_slice(
-    path, raw, position, series_uid, *, instance=1, pixel_spacing=PIXEL_SPACING, description="ax"
+    path,
+    raw,
+    position,
+    series_uid,
+    *,
+    instance=1,
+    pixel_spacing=PIXEL_SPACING,
+    description="ax",
+    rescale=(2, -1024),
 ):
     row, col = _orientation()
     meta = FileMetaDataset()
@@ -60,8 +68,7 @@ def _write_slice(
     ds.BitsAllocated = ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 0
-    ds.RescaleSlope = 2
-    ds.RescaleIntercept = -1024
+    ds.RescaleSlope, ds.RescaleIntercept = rescale
     ds.PixelData = raw.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
 
@@ -117,6 +124,26 @@ def test_dicom_to_nifti_keeps_geometry(tmp_path):
     back = load_nifti(out, dtype=None)
     np.testing.assert_array_equal(back.data, vol.data)
     np.testing.assert_allclose(back.affine, vol.affine, atol=1e-4)
+
+
+def test_per_slice_rescale_and_gantry_tilt(tmp_path):
+    raws = _raw_slices(4)
+    row, col = _orientation()
+    tilt = 0.4 * col  # each slice shifted 0.4 mm along the columns: a tilted gantry
+    positions = [p + k * tilt for k, p in enumerate(_positions(4))]
+    folder = tmp_path / "tilt"
+    folder.mkdir()
+    rescales = [(1, 0), (2, -1024), (0.5, 10.25), (3, -2048)]
+    for k in (2, 0, 3, 1):
+        _write_slice(folder / f"s{k}", raws[k], positions[k], "1.2.3.4.7", rescale=rescales[k])
+    vol = load_dicom_series(folder)
+    for k, (slope, intercept) in enumerate(rescales):
+        np.testing.assert_allclose(
+            vol.data[:, :, k], raws[k].T.astype(np.float64) * slope + intercept, rtol=1e-6
+        )
+    for k in range(4):  # every slice's first voxel sits at its own ImagePositionPatient
+        np.testing.assert_allclose(vol.affine @ [0, 0, k, 1], [*(positions[k] * [-1, -1, 1]), 1], atol=1e-5)
+    assert load_dicom_series(folder, dtype=None).data.dtype == np.float32  # non-integral rescale
 
 
 def test_missing_slice(tmp_path):
