@@ -341,7 +341,9 @@ def save_nifti(
     """Write a NIfTI file atomically with a consistent geometry.
 
     The sform and the qform are both set to `affine` (codes kept from `header` when it has
-    them, else 1 = scanner) and the pixdims follow from the affine. Other fields of `header`
+    them, else 1 = scanner) and the pixdims follow from the affine. A sheared affine (e.g. a
+    gantry-tilted CT) cannot be held by a quaternion: the qform then holds nibabel's nearest
+    unsheared approximation and the sform stays exact (readers prefer the sform). Other fields of `header`
     (description, xyzt units, intent) are kept, never its affine.
 
     Args:
