@@ -304,7 +304,7 @@ class RSTN(nn.Module):
         return p_coarse, self._fine(weighted, mask, as_margins(margins))
 
     def forward_fine(self, x: Tensor, score: Tensor, mask: Tensor, margin: int | Sequence[int] = 20) -> Tensor:
-        """Returns fine probabilities [N, C, H, W]; all 0 where `mask` is empty.
+        """Returns fine probabilities [N, C, H, W]; all 0 for a sample whose `mask` is empty.
 
         Args:
             x: images [N, C, H, W] in [0, 1].
@@ -312,9 +312,11 @@ class RSTN(nn.Module):
             mask: bool [N, C, H, W] giving the crop box.
             margin: crop margin (pixels).
         """
-        if not bool(mask.any()):
+        empty = ~mask.flatten(1).any(dim=1)
+        if bool(empty.all()):
             return torch.zeros_like(x)
-        return self._fine(x * self.saliency(score), mask, as_margins(margin))
+        prob = self._fine(x * self.saliency(score), mask, as_margins(margin))
+        return prob.masked_fill(empty.view(-1, 1, 1, 1), 0.0) if bool(empty.any()) else prob
 
     def forward_oracle(self, x: Tensor, y: Tensor, margin: int = 20) -> Tensor:
         """Returns fine probabilities with the saliency of the coarse output and the box of the labels `y`."""

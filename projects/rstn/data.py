@@ -1,0 +1,186 @@
+"""Slice-triplet datasets read from the memory-mapped volume cache, and the fold-aware DataModule.
+
+A sample is the slices [j - 1, j, j + 1] of one plane of a cached case (indices clamped at the volume ends),
+with the labels of the same three slices. Planes are array axes of the cache layout (see `prepare`):
+X = axis 0, Y = axis 1, Z = axis 2.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from common.errors import DataError
+from common.io.cache import VolumeCache
+
+PLANE_AXIS = {"X": 0, "Y": 1, "Z": 2}
+
+
+class SliceSample(NamedTuple):
+    """One training or testing sample.
+
+    Attributes:
+        image: float32 [T, H, W] in [0, 1] (T = thickness, 3).
+        label: float32 [T, H, W], 0/1.
+        case_id: the cached case.
+        slice_index: j, the centre slice along the plane axis.
+    """
+
+    image: torch.Tensor
+    label: torch.Tensor
+    case_id: str
+    slice_index: int
+
+
+def plane_axis(plane: str) -> int:
+    """Returns the array axis (0, 1, 2) of plane "X", "Y" or "Z"."""
+    if plane not in PLANE_AXIS:
+        raise ValueError(f"plane must be X, Y or Z, got {plane!r}")
+    return PLANE_AXIS[plane]
+
+
+def slab(volume: np.ndarray, axis: int, centre: int, thickness: int = 3) -> np.ndarray:
+    """Returns float32 [thickness, ...]: the slices centre - t//2 .. centre + t//2 along `axis`, clamped."""
+    half = thickness // 2
+    index = np.clip(np.arange(centre - half, centre + half + 1), 0, volume.shape[axis] - 1)
+    return np.moveaxis(np.take(volume, index, axis=axis), axis, 0).astype(np.float32)
+
+
+def load_split(path: str | Path, fold: int) -> tuple[list[str], list[str]]:
+    """Returns (training case ids, testing case ids) of `fold` in a `{"folds": [[ids], ...]}` JSON file.
+
+    Raises:
+        DataError: the file is missing or malformed, or `fold` is out of range.
+    """
+    path = Path(path)
+    try:
+        folds = json.loads(path.read_text())["folds"]
+    except FileNotFoundError as err:
+        raise DataError(path, "split file not found (run projects.rstn.prepare first)") from err
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(path, f"not a split file with a 'folds' list ({err})") from err
+    if not 0 <= fold < len(folds):
+        raise DataError(path, f"fold {fold} out of range: the file has {len(folds)} folds")
+    train = [c for f, ids in enumerate(folds) if f != fold for c in ids]
+    return train, list(folds[fold])
+
+
+def foreground_slices(label: np.ndarray, axis: int) -> list[tuple[int, int]]:
+    """Returns (slice, foreground pixels) of the non-empty slices along `axis`."""
+    counts = label.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64)
+    return [(int(j), int(n)) for j, n in enumerate(counts) if n > 0]
+
+
+class PlaneSlices(Dataset):
+    """Slice triplets of one plane of several cached cases.
+
+    Args:
+        cache_root: the `VolumeCache` folder written by `projects.rstn.prepare`.
+        case_ids: cases to read (missing ones raise).
+        plane: "X", "Y" or "Z".
+        thickness: slices per sample (3).
+        foreground_only: keep only slices with foreground (training), else every slice (testing).
+        slice_threshold: with `foreground_only`, keep the largest `slice_threshold` fraction of the
+            non-empty slices, ranked by foreground pixels over all the given cases (0.98 drops the smallest 2%).
+
+    Raises:
+        DataError: a case is not in the cache.
+    """
+
+    def __init__(self, cache_root: str | Path, case_ids: Sequence[str], plane: str, thickness: int = 3,
+                 foreground_only: bool = True, slice_threshold: float = 0.98) -> None:
+        self.cache = VolumeCache(cache_root)
+        self.axis = plane_axis(plane)
+        self.thickness = thickness
+        self.index: list[tuple[str, int]] = []
+        ranked: list[tuple[int, str, int]] = []
+        for case_id in case_ids:
+            label = self.cache.load(case_id, "label")
+            if foreground_only:
+                ranked += [(n, case_id, j) for j, n in foreground_slices(label, self.axis)]
+            else:
+                self.index += [(case_id, j) for j in range(label.shape[self.axis])]
+        if foreground_only and ranked:
+            ranked.sort()
+            drop = int(np.floor(len(ranked) * (1 - slice_threshold)))
+            self.index = sorted((c, j) for _, c, j in ranked[drop:])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: int) -> SliceSample:
+        case_id, j = self.index[item]
+        image = slab(self.cache.load(case_id, "image"), self.axis, j, self.thickness)
+        label = slab(self.cache.load(case_id, "label"), self.axis, j, self.thickness)
+        return SliceSample(torch.from_numpy(image), torch.from_numpy(label), case_id, j)
+
+
+def collate(samples: list[SliceSample]) -> SliceSample:
+    """Returns a batch: image/label [B, T, H, W], case ids list, slice indices int64 [B]."""
+    return SliceSample(torch.stack([s.image for s in samples]), torch.stack([s.label for s in samples]),
+                       [s.case_id for s in samples], torch.tensor([s.slice_index for s in samples]))  # type: ignore[arg-type]
+
+
+class RSTNDataModule(pl.LightningDataModule):
+    """Training slices of a fold's training cases, validation / test volumes slice by slice.
+
+    Args:
+        cache_dir: the volume cache folder.
+        split_file: JSON with `folds`; `fold` selects the test cases, the others train.
+        fold: 0 .. 3.
+        plane: "X", "Y" or "Z".
+        thickness: slices per sample.
+        slice_threshold: see `PlaneSlices`.
+        val_cases: how many training cases (the last ones) are held out for validation; 0 validates on the
+            first two training cases (monitoring only, no held-out data).
+        batch_size: training batch (1 in the paper; >1 needs equal slice shapes).
+        num_workers: DataLoader workers.
+        synthetic: optional `{n_cases, shape, seed}`: build a synthetic cache in `cache_dir` first.
+    """
+
+    def __init__(self, cache_dir: str, split_file: str, fold: int = 0, plane: str = "Z", thickness: int = 3,
+                 slice_threshold: float = 0.98, val_cases: int = 2, batch_size: int = 1, num_workers: int = 0,
+                 synthetic: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.cases: dict[str, list[str]] = {}
+
+    def prepare_data(self) -> None:
+        syn = self.hparams.synthetic
+        if syn:
+            from projects.rstn.prepare import prepare_synthetic
+
+            prepare_synthetic(self.hparams.cache_dir, int(syn["n_cases"]), tuple(syn["shape"]), int(syn.get("seed", 0)))
+
+    def setup(self, stage: str | None = None) -> None:
+        train, test = load_split(self.hparams.split_file, self.hparams.fold)
+        cache = VolumeCache(self.hparams.cache_dir)
+        missing = [c for c in train + test if not cache.has(c)]
+        if missing:
+            raise DataError(self.hparams.cache_dir, f"cases of the split are not cached: {', '.join(missing[:5])}")
+        n_val = self.hparams.val_cases
+        val = train[-n_val:] if n_val > 0 else train[:2]
+        self.cases = {"train": train[:-n_val] if n_val > 0 else train, "val": val, "test": test}
+
+    def _slices(self, split: str, foreground_only: bool) -> PlaneSlices:
+        h = self.hparams
+        return PlaneSlices(h.cache_dir, self.cases[split], h.plane, h.thickness, foreground_only, h.slice_threshold)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self._slices("train", True), batch_size=self.hparams.batch_size, shuffle=True,
+                          num_workers=self.hparams.num_workers, collate_fn=collate, drop_last=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self._slices("val", False), batch_size=self.hparams.batch_size, shuffle=False,
+                          num_workers=self.hparams.num_workers, collate_fn=collate)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self._slices("test", False), batch_size=self.hparams.batch_size, shuffle=False,
+                          num_workers=self.hparams.num_workers, collate_fn=collate)

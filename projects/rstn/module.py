@@ -1,0 +1,178 @@
+"""The RSTN LightningModule (one plane) and the callback that switches the training modes S -> I -> J."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from common.errors import DataError
+from common.metrics import SegmentationVolumeMetric
+from common.module import ConfiguredModule
+from projects.rstn.data import SliceSample
+from projects.rstn.model import RSTN, crop_box, rstn_loss, sample_margins, soft_dice_loss
+
+MODES = ("S", "I", "J")
+
+
+def load_vgg16_file(path: str | Path) -> dict[str, Tensor]:
+    """Returns a torchvision-style VGG16 state dict read from a local file (never downloaded).
+
+    Raises:
+        DataError: the file is missing or is not a state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "VGG16 weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise DataError(path, f"cannot read VGG16 weights ({type(err).__name__}: {err})") from err
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or "features.0.weight" not in state:
+        raise DataError(path, "not a torchvision VGG16 state dict (no 'features.0.weight')")
+    return state
+
+
+class RSTNModule(ConfiguredModule):
+    """Trains one plane's RSTN with the reference's losses, learning-rate groups and crop jitter.
+
+    Args:
+        net: config of `projects.rstn.model.RSTN`.
+        optimizer: partial SGD config (lr = the coarse-weight rate, momentum, weight_decay).
+        scheduler: unused by the paper (the J-mode halving is done by `ModeSchedule`); kept for options.
+        lr_multipliers: rate multipliers of (coarse weights, coarse biases, saliency+fine weights, biases).
+        margin: crop margin (pixels) at test time and the centre of the training jitter.
+        margin_jitter_prob: probability that a training step draws its four margins in [0, 2 * margin].
+        coarse_weight: weight of the coarse Dice loss (the fine loss gets 1 - coarse_weight).
+        vgg16_weights: optional path of a torchvision VGG16 state dict to initialise both FCN trunks.
+        mode: the starting mode (the `ModeSchedule` callback sets it every epoch).
+    """
+
+    def __init__(self, net: DictConfig | dict, optimizer: DictConfig | dict | None = None,
+                 scheduler: DictConfig | dict | None = None, lr_multipliers: tuple[float, ...] = (1, 2, 10, 20),
+                 margin: int = 20, margin_jitter_prob: float = 0.5, coarse_weight: float = 1 / 3,
+                 vgg16_weights: str | None = None, mode: str = "S", **kwargs: Any) -> None:
+        super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, **kwargs)
+        self.net: RSTN
+        if vgg16_weights:
+            self.net.load_vgg16(load_vgg16_file(vgg16_weights))
+        self.mode = mode
+        self.metrics = torch.nn.ModuleDict({k: SegmentationVolumeMetric(empty_score=0.0) for k in ("coarse", "fine")})
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Returns the four groups: coarse W (x1), coarse b (x2, no decay), saliency+fine W (x10), b (x20)."""
+        base = float(self.hparams.optimizer["lr"])
+        decay = float(self.hparams.optimizer.get("weight_decay", 0.0))
+        groups: dict[str, list[Tensor]] = {"coarse_w": [], "coarse_b": [], "fine_w": [], "fine_b": []}
+        for name, param in self.net.named_parameters():
+            if not param.requires_grad:  # the frozen bilinear deconvolutions
+                continue
+            stage = "coarse" if name.startswith("coarse_model.") else "fine"
+            groups[f"{stage}_{'b' if name.endswith('bias') else 'w'}"].append(param)
+        mult = self.hparams.lr_multipliers
+        return [{"params": groups[key], "lr": base * m, "weight_decay": 0.0 if key.endswith("_b") else decay,
+                 "name": key} for key, m in zip(("coarse_w", "coarse_b", "fine_w", "fine_b"), mult, strict=True)]
+
+    def training_step(self, batch: SliceSample, batch_idx: int) -> Tensor:
+        margins = sample_margins(self.hparams.margin, self.hparams.margin_jitter_prob)
+        p_coarse, p_fine = self.net.forward_train(batch.image, batch.label, self.mode, margins)
+        loss_coarse = soft_dice_loss(p_coarse, batch.label)
+        loss_fine = soft_dice_loss(p_fine, batch.label)
+        w = self.hparams.coarse_weight
+        loss = w * loss_coarse + (1 - w) * loss_fine
+        size = batch.image.shape[0]
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log("train/loss_coarse", loss_coarse, on_step=True, on_epoch=True, batch_size=size)
+        self.log("train/loss_fine", loss_fine, on_step=True, on_epoch=True, batch_size=size)
+        self.log("train/mode", float(MODES.index(self.mode)), on_step=False, on_epoch=True, batch_size=size)
+        return loss
+
+    def _evaluate(self, batch: SliceSample, stage: str) -> dict[str, Any]:
+        """One round of coarse-to-fine on each slice triplet: coarse mask, then the fine stage in its box."""
+        p_coarse = self.net.forward_coarse(batch.image)
+        mask = p_coarse >= 0.5
+        p_fine = self.net.forward_fine(batch.image, p_coarse, mask, self.hparams.margin)
+        centre = batch.image.shape[1] // 2
+        for key, prob in (("coarse", p_coarse), ("fine", p_fine)):
+            self.metrics[key].update(prob[:, centre] >= 0.5, batch.label[:, centre], batch.case_id, batch.slice_index)
+        self.log(f"{stage}/loss", rstn_loss(p_coarse, p_fine, batch.label, self.hparams.coarse_weight),
+                 batch_size=batch.image.shape[0])
+        box = torch.zeros_like(p_coarse[:, centre])
+        y0, y1, x0, x1 = crop_box(mask[:1], self.hparams.margin)
+        box[0, y0:y1, x0:x1] = 0.5
+        box[0, y0:y1, x0:x1][1:-1, 1:-1] = 0.0
+        return {"panels": {"input": batch.image[:, centre], "coarse_mask": mask[:, centre].float(),
+                           "crop_box": batch.image[:, centre] * 0.5 + box, "prediction": p_fine[:, centre],
+                           "reference": batch.label[:, centre],
+                           "error": (p_fine[:, centre] >= 0.5).float() - batch.label[:, centre]}}
+
+    def _log_volume_scores(self, stage: str) -> None:
+        for key, metric in self.metrics.items():
+            scores = metric.compute()
+            name = "dice" if key == "fine" else "dice_coarse"
+            self.log(f"{stage}/{name}", scores["dice"])
+            metric.reset()
+
+    def validation_step(self, batch: SliceSample, batch_idx: int) -> dict[str, Any]:
+        return self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_volume_scores("val")
+
+    def test_step(self, batch: SliceSample, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_volume_scores("test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rstn_mode"] = self.mode
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.mode = checkpoint.get("rstn_mode", self.mode)
+
+
+class ModeSchedule(pl.Callback):
+    """Sets the module's mode each epoch (S for `epochs_s`, then I, then J) and halves the rates in J.
+
+    Args:
+        epochs_s: epochs of mode S (reference 2).
+        epochs_i: epochs of mode I (6).
+        epochs_j: epochs of mode J (8); training stays in J if it runs longer.
+        j_lr_decay: factor applied to every group's rate after each `j_lr_every` J epochs.
+        j_lr_every: J epochs between two decays (2: the rates halve after J-epochs 2, 4, 6).
+    """
+
+    def __init__(self, epochs_s: int = 2, epochs_i: int = 6, epochs_j: int = 8, j_lr_decay: float = 0.5,
+                 j_lr_every: int = 2) -> None:
+        self.epochs = (epochs_s, epochs_i, epochs_j)
+        self.j_lr_decay = j_lr_decay
+        self.j_lr_every = j_lr_every
+
+    def mode_at(self, epoch: int) -> tuple[str, int]:
+        """Returns (mode, epochs already spent in that mode) at a 0-based training epoch."""
+        s, i, _ = self.epochs
+        if epoch < s:
+            return "S", epoch
+        if epoch < s + i:
+            return "I", epoch - s
+        return "J", epoch - s - i
+
+    def lr_factor(self, epoch: int) -> float:
+        """Returns the rate factor at `epoch`: j_lr_decay ** (completed J epochs // j_lr_every)."""
+        mode, spent = self.mode_at(epoch)
+        return 1.0 if mode != "J" else self.j_lr_decay ** (spent // self.j_lr_every)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        pl_module.mode = self.mode_at(epoch)[0]
+        factor = self.lr_factor(epoch)
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = group["initial_lr"] * factor

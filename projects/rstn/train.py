@@ -1,0 +1,34 @@
+"""Trains RSTN: `python projects/rstn/train.py experiment=nih_pancreas fold=0 plane=Z` (plane=A: X, Y, Z in turn).
+
+Each plane's run lives in `outputs/rstn/<experiment>_fd<fold>/<plane>/` (checkpoints, TensorBoard, metrics.json).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from common.run import entry, train  # noqa: E402
+
+PLANES = ("X", "Y", "Z")
+
+
+def train_planes(cfg: DictConfig) -> dict[str, float]:
+    """Trains the configured plane, or every plane when `plane=A`; returns the metrics keyed `<plane>/<name>`."""
+    planes = PLANES if cfg.plane == "A" else (str(cfg.plane),)
+    base = Path(OmegaConf.select(cfg, "paths.output_dir"))
+    results: dict[str, float] = {}
+    for plane in planes:
+        plane_cfg = cfg.copy()
+        OmegaConf.update(plane_cfg, "plane", plane)
+        OmegaConf.update(plane_cfg, "paths.output_dir", str(base / plane))
+        results.update({f"{plane}/{k}": v for k, v in train(plane_cfg).items()})
+    return results
+
+
+if __name__ == "__main__":
+    entry("rstn", train_planes)()
