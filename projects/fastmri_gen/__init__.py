@@ -1,0 +1,1 @@
+"""stylish-fastmri: accelerated single-coil knee MRI reconstruction, baseline and generative texture model."""

@@ -1,0 +1,150 @@
+"""Building blocks of the stylish U-Net: convolution blocks, soft-thresholded skips, noise and modulation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LEAK = 0.01
+
+
+def spectral(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Return `module` with spectral normalisation of its weight (`weight_orig`, `weight_u`, `weight_v`)."""
+    return nn.utils.spectral_norm(module) if enabled else module
+
+
+class ConvBNAct(nn.Sequential):
+    """Spectrally normalised 3x3 convolution (no bias) -> BatchNorm -> LeakyReLU(0.01)."""
+
+    def __init__(self, in_channels: int, out_channels: int, spectral_norm: bool = True) -> None:
+        super().__init__(
+            spectral(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), spectral_norm),
+            nn.BatchNorm2d(out_channels),
+            nn.LeakyReLU(LEAK),
+        )
+
+
+class Block(nn.Sequential):
+    """Two `ConvBNAct` at `channels` channels: `[B, C, H, W] -> [B, C, H, W]`."""
+
+    def __init__(self, channels: int, spectral_norm: bool = True) -> None:
+        super().__init__(ConvBNAct(channels, channels, spectral_norm), ConvBNAct(channels, channels, spectral_norm))
+
+
+class FuseBlock(nn.Sequential):
+    """Dropout2d -> plain 1x1 convolution `2C -> C` (with bias) -> `Block(C)`: merges upsampled and skip."""
+
+    def __init__(self, channels: int, dropout: float = 0.5, spectral_norm: bool = True) -> None:
+        super().__init__(nn.Dropout2d(dropout), nn.Conv2d(2 * channels, channels, 1), Block(channels, spectral_norm))
+
+
+class SoftThreshold(nn.Module):
+    """Learnable soft-thresholding `sign(u) * max(|u| - lambda, 0)` with one scalar lambda (init 1)."""
+
+    def __init__(self, init: float = 1.0) -> None:
+        super().__init__()
+        self.threshold = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sign(x) * F.relu(x.abs() - self.threshold)
+
+
+class NoiseInjection(nn.Module):
+    """Adds one N(0, 1) map `[B, 1, H, W]` scaled per channel (scale initialised N(0, 1)).
+
+    In eval mode the map comes from a generator seeded with 0 on every call, so inference is
+    deterministic; `enabled=False` turns the layer into the identity (the parameter stays, so
+    checkpoints keep their shape).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.randn(1, channels, 1, 1))
+        self.enabled = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        shape = (x.shape[0], 1, *x.shape[2:])
+        if self.training:
+            noise = torch.randn(shape, device=x.device, dtype=x.dtype)
+        else:
+            generator = torch.Generator(device=x.device).manual_seed(0)
+            noise = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+        return x + self.scale.to(x.dtype) * noise
+
+
+class StyleModulation(nn.Module):
+    """AdaIN-style modulation of a feature map by texture vectors.
+
+    `gamma` and `beta` come from spectrally normalised linear maps of each texture vector. The
+    texture is a grid of `N = gh * gw` vectors `[B, N, S]`: one vector (global AdaIN), K bands
+    (several texture vectors) or a G x G grid (spatially adaptive, SPADE-like per-pixel scale and
+    shift after bilinear upsampling to the feature size).
+
+    Args:
+        channels: feature channels C.
+        style_dim: texture vector length S (320).
+        mode: "reference": normalise over (C, H, W) jointly, divide by sqrt(std) and scale by gamma
+            (the reference layer); "per_channel": instance norm per channel, `x * (1 + gamma) + beta`.
+        eps: added under the square roots.
+    """
+
+    def __init__(self, channels: int, style_dim: int, mode: str = "per_channel", eps: float = 1e-5) -> None:
+        super().__init__()
+        if mode not in ("reference", "per_channel"):
+            raise ValueError(f"modulation mode must be 'reference' or 'per_channel', got {mode!r}")
+        self.mode, self.eps = mode, eps
+        self.gamma = spectral(nn.Linear(style_dim, channels))
+        self.beta = spectral(nn.Linear(style_dim, channels))
+
+    def _maps(self, style: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> tuple:
+        batch = style.shape[0]
+        gamma = self.gamma(style).transpose(1, 2).reshape(batch, -1, *grid)
+        beta = self.beta(style).transpose(1, 2).reshape(batch, -1, *grid)
+        if grid != (1, 1):
+            gamma = F.interpolate(gamma, size=size, mode="bilinear", align_corners=False)
+            beta = F.interpolate(beta, size=size, mode="bilinear", align_corners=False)
+        return gamma, beta
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Return the modulated features.
+
+        Args:
+            x: features `[B, C, H, W]`.
+            style: texture vectors `[B, N, S]`, N = gh * gw, row-major over the grid.
+            grid: `(gh, gw)`.
+
+        Returns:
+            `[B, C, H, W]`.
+        """
+        gamma, beta = self._maps(style.to(x.dtype), grid, tuple(x.shape[-2:]))
+        if self.mode == "reference":
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            std = x.std(dim=(1, 2, 3), keepdim=True)
+            return gamma * (x - mean) / torch.sqrt(std + self.eps) + beta
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        var = x.var(dim=(2, 3), keepdim=True, unbiased=False)
+        return (x - mean) / torch.sqrt(var + self.eps) * (1 + gamma) + beta
+
+
+class StyledStage(nn.Module):
+    """A `Block` (or `FuseBlock`) followed by optional noise injection and style modulation."""
+
+    def __init__(self, body: nn.Module, channels: int, style_dim: int | None, modulation: str) -> None:
+        super().__init__()
+        self.body = body
+        self.noise = NoiseInjection(channels) if style_dim else None
+        self.style = StyleModulation(channels, style_dim, modulation) if style_dim else None
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None,
+                grid: tuple[int, int] = (1, 1)) -> torch.Tensor:
+        x = self.body(x)
+        if self.noise is not None:
+            x = self.noise(x)
+        if self.style is not None:
+            if style is None:
+                raise ValueError("this stage is modulated: a texture `style` [B, N, S] is required")
+            x = self.style(x, style, grid)
+        return x

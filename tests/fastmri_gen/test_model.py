@@ -1,0 +1,107 @@
+"""Networks: exact parameter counts of the reference configuration, shapes, state-dict names, modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from projects.fastmri_gen.model import (
+    StylishGenerator,
+    StylishReconstructor,
+    measured_residual,
+    texture_grid,
+)
+from projects.fastmri_gen.nets import FastMRIUnet, PatchDiscriminator
+from projects.fastmri_gen.transforms import fft2c, ifft2c
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_reference_parameter_counts():
+    baseline = StylishReconstructor()
+    generator = StylishGenerator()
+    assert count(baseline) == 9_774_853
+    assert sum(b.numel() for b in baseline.buffers()) == 36_786
+    assert count(generator) == 13_561_541
+    assert {k: count(v) for k, v in generator.named_children()} == {
+        "unet": 10_721_349, "z_encoder": 2_429_312, "mapping": 410_880}
+    assert count(PatchDiscriminator()) == 2_764_609
+    assert count(FastMRIUnet(chans=32)) == 7_756_097
+
+
+def test_state_dict_names():
+    keys = set(StylishReconstructor().state_dict())
+    for key in ("blocks.0.init.weight", "blocks.0.encoders.0.body.0.0.weight_orig",
+                "blocks.0.encoders.0.body.0.0.weight_u", "blocks.0.downs.3.weight_orig",
+                "blocks.0.bottleneck.body.1.1.running_var", "blocks.0.ups.0.weight",
+                "blocks.0.thresholds.2.threshold", "blocks.0.decoders.3.body.1.weight", "blocks.0.out.bias"):
+        assert key in keys, key
+    gen_keys = set(StylishGenerator().state_dict())
+    for key in ("unet.blocks.0.encoders.1.noise.scale", "unet.blocks.0.decoders.0.style.gamma.weight_orig",
+                "z_encoder.trunk.features.0.0.weight", "z_encoder.trunk.features.18.1.running_mean",
+                "z_encoder.mu.weight_orig", "mapping.6.weight_orig"):
+        assert key in gen_keys, key
+    assert "up_conv.3.1.weight" in FastMRIUnet().state_dict()
+
+
+@pytest.mark.parametrize("size_fit", ["resize", "pad"])
+def test_reference_mode_odd_sizes(size_fit):
+    net = StylishReconstructor(min_channels=4, max_channels=16, size_fit=size_fit).eval()
+    x = torch.rand(2, 1, 37, 45)
+    out = net(x, known_freq=torch.rand_like(x), mask=torch.ones_like(x))
+    assert out.shape == x.shape
+    assert float(out.detach().min()) >= 0 and float(out.detach().max()) <= 1  # hardsigmoid output
+
+
+def test_complex_mode_mixed_widths_and_hard_dc():
+    net = StylishReconstructor(data_consistency="complex", residual=True, output_dc="hard", output="linear",
+                               size_fit="pad", min_channels=4, max_channels=16).eval()
+    torch.manual_seed(0)
+    widths = torch.tensor([20, 18])
+    kspace = torch.zeros(2, 16, 20, dtype=torch.complex64)
+    mask = torch.zeros(2, 20)
+    for b, w in enumerate(widths.tolist()):
+        left = (20 - w) // 2
+        kspace[b, :, left:left + w] = torch.randn(16, w, dtype=torch.complex64)
+        mask[b, left:left + w:2] = 1
+    kspace = kspace * mask[:, None]
+    image = torch.stack([ifft2c(kspace).real, ifft2c(kspace).imag], 1)
+    net.train()(image, kspace=kspace, mask=mask, widths=widths)  # one power iteration of the spectral norms
+    with torch.no_grad():
+        out = net.eval()(image, kspace=kspace, mask=mask, widths=widths)
+    assert out.shape == image.shape
+    # hard DC: the measured columns of every sample's own k-space equal the data
+    estimate = torch.complex(out[:, 0], out[:, 1])
+    residual = measured_residual(estimate, kspace, mask, widths)
+    assert residual.abs().max() < 1e-4
+    k1 = fft2c(estimate[1, :, 1:19])
+    assert torch.allclose(k1[:, mask[1, 1:19] > 0], kspace[1, :, 1:19][:, mask[1, 1:19] > 0], atol=1e-4)
+
+
+@pytest.mark.parametrize("mode,shape", [("global", (2, 320)), ("multi_vector", (2, 3, 320)),
+                                        ("spatial", (2, 4, 320))])
+def test_generator_texture_modes(mode, shape):
+    gen = StylishGenerator(texture_mode=mode, texture_vectors=3, spatial_grid=2, min_channels=4, max_channels=16)
+    x = torch.rand(2, 1, 40, 40)
+    out, mu, logvar, w = gen(x, x, known_freq=x, mask=x)
+    assert out.shape == x.shape and mu.shape == shape and logvar.shape == shape and w.shape == shape
+    assert texture_grid(mode, 3, 2)[0] * texture_grid(mode, 3, 2)[1] == (1 if mode == "global" else shape[1])
+
+
+def test_generator_eval_is_deterministic_and_noise_matters_in_training():
+    gen = StylishGenerator(min_channels=4, max_channels=16).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        a = gen(x, x, known_freq=x, mask=x)[0]
+        b = gen(x, x, known_freq=x, mask=x)[0]
+    assert torch.equal(a, b)
+    gen.train()
+    c = gen(x, x, known_freq=x, mask=x)[3]
+    d = gen(x, x, known_freq=x, mask=x)[3]
+    assert not torch.equal(c, d)  # reparameterised z differs per call
+
+
+def test_discriminator_patch_map():
+    assert PatchDiscriminator()(torch.rand(1, 1, 320, 320), torch.rand(1, 1, 320, 320)).shape == (1, 1, 38, 38)
