@@ -24,9 +24,18 @@ from common.synthetic.ct import CT_LABELS, ct_abdomen
 from common.synthetic.isotropic import RAT_LEVELS, isotropic_volume
 from common.synthetic.knee import knee_images
 from common.synthetic.kspace import center_crop, fft2c, ifft2c, single_coil_kspace
+from common.synthetic.layouts import (
+    MSD_TASKS,
+    write_atlas_tree,
+    write_fastmri_singlecoil,
+    write_msd_task,
+    write_nih_pancreas,
+    write_ratbrain_nifti,
+)
 
 __all__ = [
     "CT_LABELS",
+    "MSD_TASKS",
     "RAT_LEVELS",
     "SMALL_LESION_MAX_AREA",
     "T1_LEVELS",
@@ -38,4 +47,9 @@ __all__ = [
     "isotropic_volume",
     "knee_images",
     "single_coil_kspace",
+    "write_atlas_tree",
+    "write_fastmri_singlecoil",
+    "write_msd_task",
+    "write_nih_pancreas",
+    "write_ratbrain_nifti",
 ]

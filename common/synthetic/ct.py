@@ -68,7 +68,7 @@ def ct_abdomen(
         spacing: voxel size in mm ``(sx, sy, sz)``.
 
     Returns:
-        ``(hu, organ, affine)``: float32 ``[X, Y, Z]`` in Hounsfield units (air -1000, fat about -100,
+        ``(hu, organ, affine)``: float32 ``[X, Y, Z]`` in Hounsfield units >= -1024 (air -1000, fat about -100,
         soft tissue about 40, bone 300-1200); uint8 ``[X, Y, Z]`` labels coded as in ``CT_LABELS``
         (``organ == CT_LABELS["pancreas"]`` is the small organ); float64 ``[4, 4]`` RAS affine (mm).
 
@@ -86,6 +86,8 @@ def ct_abdomen(
     hu = ndimage.gaussian_filter(scene.hu, sigma=(0.6, 0.6, 0.35))
     grain = ndimage.gaussian_filter(scene.rng.standard_normal(shape3, dtype=np.float32), sigma=(0.7, 0.7, 0.3))
     hu += 14.0 * grain / max(float(grain.std()), 1e-6)
+    # Scanners report nothing below -1024 HU (the lowest value of a 12-bit range offset by 1024).
+    hu = np.maximum(hu, -1024.0)
     return hu.astype(np.float32), scene.organ, centred_affine(shape3, spacing3)
 
 
