@@ -241,7 +241,7 @@ class CaseSliceMetric(Metric):
     def compute_per_case(self) -> dict[str, dict[str, float]]:
         """Return ``{case id: {metric: value}}`` for every case seen (collective under DDP)."""
         self.compute()
-        return dict(self._per_case)
+        return dict(sorted(self._per_case.items()))
 
     def reset(self) -> None:
         """Clear the states, the per-case results and the record of names already stored."""
@@ -340,6 +340,8 @@ class ReconstructionVolumeMetric(CaseSliceMetric):
         if data_range is None:
             raise ValueError("ReconstructionVolumeMetric.update needs data_range (a float or a [B] tensor)")
         batch = pred.shape[0]
+        if pred.ndim < 3 or pred[0].numel() != pred.shape[-2] * pred.shape[-1]:
+            raise ValueError(f"expected [B, H, W] or [B, 1, H, W] images, got {tuple(pred.shape)}")
         pred64 = pred.detach().to(torch.float64).reshape(batch, *pred.shape[-2:])
         ref64 = ref.detach().to(torch.float64).reshape(batch, *ref.shape[-2:])
         peak = (

@@ -178,6 +178,21 @@ def test_update_validates_and_reset_clears():
         assert math.isnan(float(metric.compute()["psnr"]))
 
 
+def test_forward_returns_the_batch_value_and_accumulates():
+    cases = _recon_cases()
+    metric = ReconstructionVolumeMetric()
+    target, recon = cases["file_a"]
+    batch = metric(
+        torch.from_numpy(recon[:2]), torch.from_numpy(target[:2]), ["file_a"] * 2, [0, 1], data_range=1.0
+    )
+    expected = fm.fastmri_volume_metrics(target[:2], recon[:2])
+    assert float(batch["nmse"]) == pytest.approx(expected["nmse"], rel=1e-9)
+    metric(torch.from_numpy(recon[2:]), torch.from_numpy(target[2:]), ["file_a"] * 2, [2, 3], data_range=1.0)
+    assert float(metric.compute()["nmse"]) == pytest.approx(fm.nmse(recon, target), rel=1e-9)
+    with pytest.raises(ValueError, match="images"):
+        metric.update(torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 8, 8), ["x"], [0], data_range=1.0)
+
+
 # ---------------------------------------------------------------- real 2-process DDP (gloo)
 def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
