@@ -19,6 +19,7 @@ re-exported here: ``dice``, ``iou``, ``precision``, ``recall``, ``hd95``, ``seg_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -132,13 +133,16 @@ def _ssim(pred: np.ndarray, ref: np.ndarray, data_range: float, win_size: int, g
     return float(structural_similarity(pred64, ref64, data_range=peak, win_size=win_size))
 
 
-def ssim_slices(pred: Any, ref: Any, data_range: float, axis: int = 0, win_size: int = 7) -> float:
+def ssim_slices(
+    pred: Any, ref: Any, data_range: float | Sequence[float], axis: int = 0, win_size: int = 7
+) -> float:
     """Return the mean over slices of the 2-D SSIM, slicing a 3-D volume along ``axis``.
 
     Args:
         pred: predicted volume, 3-D (computed in float64).
         ref: reference volume of the same shape.
-        data_range: intensity range used for every slice (same units as the volumes).
+        data_range: intensity range, one value for every slice or one per slice (a sequence as
+            long as the volume along ``axis``, e.g. each reference slice's max - min).
         axis: the array axis that indexes the slices (negative values count from the end).
         win_size: side of the uniform window.
 
@@ -146,13 +150,20 @@ def ssim_slices(pred: Any, ref: Any, data_range: float, axis: int = 0, win_size:
         Unweighted mean of the per-slice SSIM values.
 
     Raises:
-        ValueError: not 3-D, shapes differ, window larger than a slice, bad ``data_range``.
+        ValueError: not 3-D, shapes differ, window larger than a slice, a ``data_range`` that is
+            not positive or has the wrong length.
     """
     pred_np, ref_np = pair(pred, ref, "ssim_slices")
     if pred_np.ndim != 3:
         raise ValueError(f"ssim_slices expects 3-D volumes, got shape {pred_np.shape}")
     pred_np, ref_np = np.moveaxis(pred_np, axis, 0), np.moveaxis(ref_np, axis, 0)
-    values = [_ssim(p, r, data_range, win_size, False) for p, r in zip(pred_np, ref_np, strict=True)]
+    if np.ndim(data_range) == 0:
+        ranges = np.full(len(ref_np), float(np.asarray(data_range)))
+    else:
+        ranges = np.asarray(data_range, dtype=np.float64).reshape(-1)
+    if ranges.shape != (len(ref_np),):
+        raise ValueError(f"data_range has {ranges.size} values for {len(ref_np)} slices along axis {axis}")
+    values = [_ssim(p, r, d, win_size, False) for p, r, d in zip(pred_np, ref_np, ranges, strict=True)]
     return float(np.mean(values))
 
 

@@ -84,6 +84,21 @@ def test_ssim_slices_is_the_mean_over_the_chosen_axis(rng, axis):
     assert fm.ssim_slices(pred, ref, 1.0, axis=axis) == pytest.approx(np.mean(slices), abs=1e-12)
 
 
+def test_ssim_slices_accepts_one_range_per_slice(rng):
+    ref = rng.random((4, 9, 9)) * np.arange(1, 5)[:, None, None]
+    pred = ref + 0.1 * rng.standard_normal(ref.shape)
+    ranges = [float(s.max() - s.min()) for s in ref]
+    expected = np.mean([structural_similarity(p, r, data_range=d) for p, r, d in zip(pred, ref, ranges)])
+    assert fm.ssim_slices(pred, ref, ranges, axis=0) == pytest.approx(expected, abs=1e-12)
+    assert fm.ssim_slices(pred, ref, ranges, axis=0) != pytest.approx(
+        fm.ssim_slices(pred, ref, 4.0), abs=1e-4
+    )
+    with pytest.raises(ValueError, match="3 values for 4 slices"):
+        fm.ssim_slices(pred, ref, ranges[:3], axis=0)
+    with pytest.raises(ValueError, match="data_range"):
+        fm.ssim_slices(pred, ref, [1.0, 0.0, 1.0, 1.0], axis=0)
+
+
 def test_ssim3d_matches_skimage_3d(rng):
     ref = rng.random((9, 10, 11))
     pred = ref + 0.1 * rng.standard_normal(ref.shape)
