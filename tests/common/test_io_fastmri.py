@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import operator
 import os
 import pickle
 import xml.etree.ElementTree as ET
@@ -210,6 +212,16 @@ def test_pickle_drops_the_handle(volume_file):
     f.close()
     clone.close()
     assert f.handle_pid is None
+
+
+def test_spawned_process_reads_a_pickled_file(volume_file):
+    path, kspace, _ = volume_file
+    f = FastMRIFile(path)
+    f.kspace(0)  # a live handle in this process must not travel
+    with mp.get_context("spawn").Pool(1) as pool:
+        got = pool.apply(operator.methodcaller("kspace", 4), (f,))
+    np.testing.assert_array_equal(got, kspace[4])
+    f.close()
 
 
 class _SliceDataset(Dataset):
