@@ -41,6 +41,9 @@ from typing import Any
 import numpy as np
 
 from common.errors import DataError
+from common.io.atomic import save_json
+from common.io.fastmri import FastMRIFile, read_reconstruction
+from common.io.nifti import Volume, load_nifti
 from common.metrics.functional import fastmri_volume_metrics, psnr, seg_scores, ssim_slices
 
 Scores = dict[str, dict[str, float]]
@@ -128,9 +131,7 @@ def summarise(cases: Scores) -> dict[str, Any]:
     return {"cases": cases, "mean": mean}
 
 
-def _load_pair(pred_path: Path, ref_path: Path) -> tuple[Any, Any]:
-    from common.io.nifti import load_nifti
-
+def _load_pair(pred_path: Path, ref_path: Path) -> tuple[Volume, Volume]:
     pred = load_nifti(pred_path, ndim=(2, 3), allow_constant=True)
     ref = load_nifti(ref_path, ndim=(2, 3), allow_constant=True)
     if pred.shape != ref.shape:
@@ -213,8 +214,6 @@ def center_crop(volume: np.ndarray, height: int, width: int, path: Path) -> np.n
 def _keep_target(path: Path, acceleration: int | None, acquisition: str | None) -> bool:
     if acceleration is None and acquisition is None:
         return True
-    from common.io.fastmri import FastMRIFile
-
     with FastMRIFile(path) as file:
         attrs = file.attrs
     for key, wanted in (("acceleration", acceleration), ("acquisition", acquisition)):
@@ -265,8 +264,6 @@ def evaluate_recon(
     Raises:
         DataError: missing partner, unreadable file, missing dataset or attribute, size mismatch.
     """
-    from common.io.fastmri import read_reconstruction
-
     cases: Scores = {}
     for name, pred_path, ref_path in _recon_pairs(Path(pred), Path(ref), acceleration, acquisition):
         target = read_reconstruction(ref_path, target_key)
@@ -361,8 +358,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = _run(args)
         if args.out is not None:
-            from common.io.atomic import save_json
-
             save_json(args.out, json_ready(result))
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
