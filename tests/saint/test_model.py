@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from projects.saint.model import (
-    MSRNet,
     RFN,
     SAINT,
+    MSRNet,
     distance_map,
     interleave,
     reference_state_dict,
