@@ -10,14 +10,14 @@ import pytest
 from common.synthetic import knee_images, single_coil_kspace, write_fastmri_singlecoil
 
 SIZE = 32  # target rows and columns
-WIDTHS = {"file1000001.h5": 40, "file1000002.h5": 40, "file1000003.h5": 38}
+WIDTHS = (40, 40, 38)  # k-space columns of the three volumes of each split
 
 
 def write_tree(root: Path, size: int = SIZE, slices: int = 3) -> Path:
     """Write train / val / test splits of a few small volumes under `root`; returns `root`."""
     for split, offset in (("singlecoil_train", 0), ("singlecoil_val", 10)):
         volumes = {}
-        for i, (name, width) in enumerate(WIDTHS.items()):
+        for i, width in enumerate(WIDTHS):
             images = knee_images(seed=offset + i, n_slices=slices, size=(size, size))
             volumes[f"file{1_000_001 + offset * 10_000 + i}.h5"] = single_coil_kspace(images, seed=i, width=width)
         write_fastmri_singlecoil(root, split, volumes)
