@@ -188,6 +188,18 @@ def test_hd95_matches_brute_force_on_random_masks(seed):
     assert fm.hd95(pred, ref, spacing) == pytest.approx(_brute_hd95(pred, ref, spacing), rel=1e-9)
 
 
+def test_hd95_small_structures_in_a_large_array_and_on_its_border():
+    rng = np.random.default_rng(5)
+    pred, ref = np.zeros((14, 12, 10), bool), np.zeros((14, 12, 10), bool)
+    pred[0:3, 4:7, 2:5] = rng.random((3, 3, 3)) > 0.3  # touches the array border on axis 0
+    ref[5:9, 3:6, 6:10] = rng.random((4, 3, 4)) > 0.3  # touches the border on axis 2
+    spacing = (1.5, 0.8, 2.2)
+    assert fm.hd95(pred, ref, spacing) == pytest.approx(_brute_hd95(pred, ref, spacing), rel=1e-9)
+    assert fm.hd95(pred, pred | ref, spacing) == pytest.approx(
+        _brute_hd95(pred, pred | ref, spacing), rel=1e-9
+    )
+
+
 def test_hd95_hand_computed_with_spacing():
     pred, ref = np.zeros((8, 3, 3), bool), np.zeros((8, 3, 3), bool)
     pred[1, 1, 1], ref[4, 1, 1] = True, True  # 3 voxels apart along axis 0
