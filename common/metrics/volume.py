@@ -308,14 +308,15 @@ class ReconstructionVolumeMetric(CaseSliceMetric):
 
     Per slice it stores the sum of squared errors, the reference energy, the pixel count, the SSIM
     of the slice (``ssim_uniform``: 7 x 7 uniform window, sample covariance, computed in float64 on
-    the tensors), the ``data_range`` passed for it and the reference maximum. Per case:
+    the tensors), the ``data_range`` passed for it and the reference maximum and minimum. Per case:
     NMSE = sum SSE / sum energy; PSNR = 20 log10(peak) - 10 log10(volume MSE); SSIM = mean over the
-    slices. ``peak`` is the ``data_range`` passed (``psnr_range="given"``, e.g. the volume max stored
-    in a fastMRI file) or the maximum of the reference over the whole case (``"ref_max"``, what the
-    offline fastMRI evaluator uses).
+    slices. ``peak`` is the largest ``data_range`` passed for the case (``psnr_range="given"``, e.g.
+    the volume max stored in a fastMRI file), the maximum of the reference over the whole case
+    (``"ref_max"``, what the offline fastMRI evaluator uses) or its max - min over the whole case
+    (``"ref_range"``), the last two being known only once every slice has been gathered.
 
     Args:
-        psnr_range: which peak PSNR uses, ``"given"`` or ``"ref_max"``.
+        psnr_range: which peak PSNR uses, ``"given"``, ``"ref_max"`` or ``"ref_range"``.
         win_size: SSIM window side.
         **kwargs: forwarded to ``torchmetrics.Metric``.
 
@@ -324,19 +325,21 @@ class ReconstructionVolumeMetric(CaseSliceMetric):
     """
 
     metric_names = ("nmse", "psnr", "ssim")
-    num_stats = 6
+    num_stats = 7
 
-    def __init__(self, psnr_range: Literal["given", "ref_max"] = "given", win_size: int = 7, **kwargs: Any):
+    def __init__(
+        self, psnr_range: Literal["given", "ref_max", "ref_range"] = "given", win_size: int = 7, **kwargs: Any
+    ):
         super().__init__(**kwargs)
-        if psnr_range not in ("given", "ref_max"):
-            raise ValueError(f"psnr_range must be 'given' or 'ref_max', got {psnr_range!r}")
+        if psnr_range not in ("given", "ref_max", "ref_range"):
+            raise ValueError(f"psnr_range must be 'given', 'ref_max' or 'ref_range', got {psnr_range!r}")
         self.psnr_range = psnr_range
         self.win_size = int(win_size)
 
     def slice_stats(
         self, pred: Tensor, ref: Tensor, data_range: Tensor | float | None = None, **kwargs: Any
     ) -> Tensor:
-        """Return ``[B, 6]`` float64 rows (SSE, energy, count, SSIM, data_range, ref max)."""
+        """Return ``[B, 7]`` float64 rows (SSE, energy, count, SSIM, data_range, ref max, ref min)."""
         if data_range is None:
             raise ValueError("ReconstructionVolumeMetric.update needs data_range (a float or a [B] tensor)")
         batch = pred.shape[0]
@@ -356,13 +359,17 @@ class ReconstructionVolumeMetric(CaseSliceMetric):
         energy = (ref64**2).sum(dim=(1, 2))
         count = torch.full_like(sse, float(pred64[0].numel()))
         ssim = ssim_uniform(pred64, ref64, peak, self.win_size)
-        ref_max = ref64.amax(dim=(1, 2))
-        return torch.stack([sse, energy, count, ssim, peak, ref_max], dim=1)
+        ref_max, ref_min = ref64.amax(dim=(1, 2)), ref64.amin(dim=(1, 2))
+        return torch.stack([sse, energy, count, ssim, peak, ref_max, ref_min], dim=1)
 
     def reduce_case(self, stats: Tensor) -> dict[str, Tensor]:
-        """Return NMSE, PSNR (dB) and SSIM of one case from its ``[n, 6]`` rows."""
+        """Return NMSE, PSNR (dB) and SSIM of one case from its ``[n, 7]`` rows."""
         sse, energy, count = stats[:, 0].sum(), stats[:, 1].sum(), stats[:, 2].sum()
-        peak = stats[:, 4].max() if self.psnr_range == "given" else stats[:, 5].max()
+        peak = {
+            "given": lambda: stats[:, 4].max(),
+            "ref_max": lambda: stats[:, 5].max(),
+            "ref_range": lambda: stats[:, 5].max() - stats[:, 6].min(),
+        }[self.psnr_range]()
         if energy > 0:
             nmse = sse / energy
         else:

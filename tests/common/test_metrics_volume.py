@@ -96,12 +96,14 @@ def test_reconstruction_metric_equals_functional_in_shuffled_order():
         assert float(means[key]) == pytest.approx(np.mean([e[key] for e in expected.values()]), rel=1e-6)
 
 
-def test_reconstruction_psnr_range_given_or_reference_max():
+def test_reconstruction_psnr_peak_given_reference_max_or_reference_range():
     target = np.full((2, 8, 8), 0.5, np.float32)
-    target[1, 0, 0] = 2.0  # volume max lives in slice 1 only
+    target[1, 0, 0] = 2.0  # the volume max lives in slice 1 only
+    target[0, 0, 0] = -2.0  # the volume min in slice 0: range 4
     recon = target + 0.1  # MSE 0.01
     given, from_ref = ReconstructionVolumeMetric(), ReconstructionVolumeMetric(psnr_range="ref_max")
-    for metric in (given, from_ref):
+    from_range = ReconstructionVolumeMetric(psnr_range="ref_range")
+    for metric in (given, from_ref, from_range):
         for i in range(2):
             metric.update(
                 torch.from_numpy(recon[i : i + 1]),
@@ -112,6 +114,9 @@ def test_reconstruction_psnr_range_given_or_reference_max():
             )
     assert float(given.compute()["psnr"]) == pytest.approx(20.0, abs=1e-5)
     assert float(from_ref.compute()["psnr"]) == pytest.approx(20 * math.log10(2.0) + 20.0, abs=1e-5)
+    assert float(from_range.compute()["psnr"]) == pytest.approx(20 * math.log10(4.0) + 20.0, abs=1e-5)
+    with pytest.raises(ValueError, match="psnr_range"):
+        ReconstructionVolumeMetric(psnr_range="volume")
 
 
 def test_segmentation_metric_equals_functional_per_case_and_handles_empty():
