@@ -173,6 +173,10 @@ def _blob(
     box_shape = tuple(int(b - a) for a, b in zip(low, high))
     wobble = 0.15 * smooth_noise(rng, box_shape, max(2.0, float(np.mean(radius_mm / spacing)) / 2))
     inside = ellipsoid(tuple(rotated), (0, 0, 0), radius_mm, wobble) < 1
+    # The wobble can cut off islands near the surface; a lesion is one connected blob.
+    parts, count = ndimage.label(inside)
+    if count > 1:
+        inside = parts == 1 + int(np.argmax(ndimage.sum_labels(inside, parts, range(1, count + 1))))
     return inside, box
 
 

@@ -4,9 +4,10 @@ What it mimics: a contrast-enhanced (portal venous) axial abdominal CT: air arou
 subcutaneous fat, a muscle wall, soft tissue with visceral fat, a large liver with enhancing vessels and
 occasional hypodense lesions, spleen, kidneys (bright cortex), aorta and vena cava, a spine whose vertebral
 bodies alternate with discs along z, rib arcs in the upper slices, gas and fluid in stomach and bowel, and
-a thin, curved pancreas-like organ (0.6-1.3 % of the body volume, +12..28 HU above the surrounding soft
-tissue) whose course changes with the seed. Anatomy changes non-linearly along z (discs, ribs, organs
-appearing and vanishing), so through-plane super-resolution has something to recover.
+a thin, curved pancreas-like organ (0.6-1.3 % of the body volume, +15..30 HU above the surrounding soft
+tissue before partial-volume blur, about +10..25 HU after it) whose course changes with the seed. Anatomy
+changes non-linearly along z (discs, ribs, organs appearing and vanishing), so through-plane
+super-resolution has something to recover.
 
 What it does not: real organ shapes, scanner physics (beam hardening, streaks, reconstruction kernels),
 true noise power spectra, arterial/venous phase timing, or the millimetre scale of a real abdomen: the
@@ -246,7 +247,7 @@ def _pancreas(s: _Scene) -> None:
     if candidates.size == 0 or wanted == 0:
         return
     inside = free & (relative <= candidates[min(wanted, candidates.size) - 1])
-    lobules = 40.0 + rng.uniform(12.0, 28.0) + 6.0 * smooth_noise(rng, dist.shape, 1.5)
+    lobules = 40.0 + rng.uniform(15.0, 30.0) + 6.0 * smooth_noise(rng, dist.shape, 1.5)
     s.hu[box][inside] = lobules[inside]
     s.organ[box][inside] = CT_LABELS["pancreas"]
 
