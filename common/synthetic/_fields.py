@@ -12,6 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+#: Per-axis numbers: a sequence or a 1-D array.
+Floats = Sequence[float] | np.ndarray
+
 
 def centred_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
     """Returns a RAS affine with the given voxel size whose grid centre sits at 0 mm.
@@ -48,7 +51,7 @@ def normalised_grid(shape: Sequence[int]) -> list[np.ndarray]:
     return axes
 
 
-def smooth_noise(rng: np.random.Generator, shape: Sequence[int], correlation: float | Sequence[float]) -> np.ndarray:
+def smooth_noise(rng: np.random.Generator, shape: Sequence[int], correlation: float | Floats) -> np.ndarray:
     """Returns a zero-mean, unit-variance smooth Gaussian random field.
 
     White noise is Gaussian-filtered (sigma = correlation / 2); for long correlations this happens on a
@@ -103,7 +106,7 @@ def rician(rng: np.random.Generator, magnitude: np.ndarray, sigma: float) -> np.
 
 
 def polyline_distance(
-    points: np.ndarray, shape: Sequence[int], scale: Sequence[float], margin: float
+    points: np.ndarray, shape: Sequence[int], scale: Floats, margin: float
 ) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
     """Returns the distance of voxels near a densely sampled curve to the curve, and the nearest sample.
 
@@ -133,7 +136,7 @@ def polyline_distance(
 
 
 def ellipsoid(
-    coords: Sequence[np.ndarray], centre: Sequence[float], radii: Sequence[float], wobble: np.ndarray | float = 0.0
+    coords: Sequence[np.ndarray], centre: Floats, radii: Floats, wobble: np.ndarray | float = 0.0
 ) -> np.ndarray:
     """Returns the normalised radius of an axis-aligned ellipsoid (< 1 inside).
 

@@ -18,7 +18,7 @@ anatomy is laid out in coordinates normalised to the field of view, so a small a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -45,10 +45,11 @@ class _Scene:
     w: np.ndarray  # -1 .. 1 along z (+S)
     hu: np.ndarray
     organ: np.ndarray
-    body: np.ndarray | None = None
-    visceral: np.ndarray | None = None
-    body_radius: np.ndarray | None = None  # 1 at the skin
-    fat_depth: np.ndarray | None = None  # subcutaneous fat thickness, normalised units
+    # Set by _body: body mask, visceral cavity, normalised radius (1 at the skin), fat thickness.
+    body: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    visceral: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    body_radius: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    fat_depth: np.ndarray = field(default_factory=lambda: np.zeros(0))
     spine_v: float = 0.0
 
     def paint(self, where: np.ndarray, value: float | np.ndarray, label: int | None = None) -> None:
