@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 _SLOPE = 0.2
 
@@ -80,18 +81,24 @@ class EasySRGenerator(nn.Module):
         n_res: number of residual blocks.
         scale: integer upsampling factor along `up_dim`.
         up_dim: upsampled tensor dim of `[B, C, D, H, W]`: -3 (D), -2 (H, the reference) or -1 (W).
+        input_skip: "none" (the reference) or "nearest" / "linear": add the input, interpolated along `up_dim`
+            on the same extent grid, to the output, so the network learns a residual. Adds no parameter (the
+            reference checkpoints still load) but changes what they compute: keep "none" for them.
 
     Raises:
-        ValueError: scale < 1 or up_dim not in (-3, -2, -1).
+        ValueError: scale < 1, up_dim not in (-3, -2, -1), unknown input_skip.
     """
 
     def __init__(self, in_ch: int = 1, out_ch: int = 1, width: int = 32, n_res: int = 2, scale: int = 3,
-                 up_dim: int = -2) -> None:
+                 up_dim: int = -2, input_skip: str = "none") -> None:
         super().__init__()
         if scale < 1 or up_dim not in (-3, -2, -1):
             raise ValueError(f"need scale >= 1 and up_dim in (-3, -2, -1), got scale={scale}, up_dim={up_dim}")
+        if input_skip not in ("none", "nearest", "linear") or (input_skip != "none" and in_ch != out_ch):
+            raise ValueError(f"input_skip must be none, nearest or linear (with in_ch == out_ch), got {input_skip!r}")
         self.scale = int(scale)
         self.up_dim = int(up_dim)
+        self.input_skip = input_skip
         self.conv_block1 = nn.Sequential(_conv(in_ch, width), nn.LeakyReLU(_SLOPE, inplace=True))
         # Named residual_block1, residual_block2, ... like the reference checkpoints.
         self.n_res = int(n_res)
@@ -115,7 +122,15 @@ class EasySRGenerator(nn.Module):
         for i in range(self.n_res):
             feat = getattr(self, f"residual_block{i + 1}")(feat)
         feat = self.conv_block2(feat) + first
-        return self.conv3(self.deup(feat))
+        out = self.conv3(self.deup(feat))
+        if self.input_skip != "none":
+            factors = [1.0, 1.0, 1.0]
+            factors[self.up_dim] = float(self.scale)
+            mode = "trilinear" if self.input_skip == "linear" else "nearest"
+            # align_corners=False is the extent grid of the transposed conv (LR voxel i -> HR scale*i ...).
+            kwargs = {"align_corners": False} if mode == "trilinear" else {}
+            out = out + F.interpolate(x, scale_factor=tuple(factors), mode=mode, **kwargs)
+        return out
 
 
 def _down_block(in_ch: int, out_ch: int) -> nn.Sequential:

@@ -115,3 +115,18 @@ def test_linear_discriminator_only_accepts_its_size():
     assert disc(torch.rand(2, 1, 32, 48, 32)).shape == (2, 1)
     with pytest.raises(ValueError, match="accepts only"):
         disc(torch.rand(1, 1, 32, 32, 32))
+
+
+@pytest.mark.parametrize("skip", ["nearest", "linear"])
+def test_input_skip_adds_the_interpolated_input(skip):
+    gen = EasySRGenerator(width=4, n_res=1, input_skip=skip).eval()
+    x = torch.rand(1, 1, 4, 5, 6) * 255
+    with torch.no_grad():
+        plain = gen.conv3(gen.deup(gen.conv_block2(gen.residual_block1(gen.conv_block1(x))) + gen.conv_block1(x)))
+        residual = gen(x) - plain
+    assert count_parameters(gen) == count_parameters(EasySRGenerator(width=4, n_res=1))
+    # Each LR value reappears in the three HR voxels it covers (exactly for nearest, on average for linear).
+    if skip == "nearest":
+        torch.testing.assert_close(residual, x.repeat_interleave(3, dim=3), atol=1e-3, rtol=0)
+    else:
+        torch.testing.assert_close(residual[:, :, :, 4::3], x[:, :, :, 1:], atol=1e-3, rtol=0)

@@ -1,0 +1,137 @@
+"""EasySR LightningModule: generator + discriminator with manual optimisation (two Adam optimisers).
+
+Per training step: the generator minimises `voxel_loss(G(lr), hr) + adversarial_weight * BCE(D(G(lr)), real)`,
+then (if `train_discriminator`) the discriminator minimises `(BCE(D(hr), real) + BCE(D(G(lr).detach()), fake))/2`.
+D returns logits and the losses apply the sigmoid once (`binary_cross_entropy_with_logits`). Mixed precision
+comes from the Trainer's `precision`: `manual_backward` and the optimisers' `step` go through Lightning's
+precision plugin, so no scaler is managed here. Lightning puts the module in train mode for training and in
+eval mode for validation, so BN uses batch statistics while training and running statistics while evaluating.
+
+Reference behaviours kept as options (`experiment=reference`): `adversarial_weight=0` (the reference never feeds
+D back to G), `double_sigmoid=true` (its D loss applies BCE-with-logits to sigmoid outputs), and
+`freeze_generator_bn_after=1` (its G stays in eval mode from the second epoch on).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from projects.easysr.data import SRSample
+from projects.easysr.infer import upsample_normalised
+from projects.easysr.ops import psnr_easysr, spline_upsample, ssim_easysr
+
+_VOXEL_LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
+
+
+class EasySRModule(pl.LightningModule):
+    """Trains the EasySR generator (and its discriminator) on (LR, HR) pairs in [0, 255].
+
+    Args:
+        generator: config of the generator (`projects.easysr.model.EasySRGenerator`).
+        discriminator: config of the discriminator (`projects.easysr.model.PatchDiscriminator3D`).
+        optimizer_g: partial optimiser config for G (Adam 2e-4, betas 0.5/0.999 in the reference).
+        optimizer_d: partial optimiser config for D.
+        voxel_loss: "mse" (reference) or "l1".
+        adversarial_weight: weight of the adversarial term in G's loss (0 = the reference's plain regression).
+        train_discriminator: run the D step (the reference does, although D never reaches G's loss).
+        double_sigmoid: reference D loss, BCE-with-logits of sigmoid(D) (only for reproducing it).
+        freeze_generator_bn_after: epoch from which G's BN layers stay in eval mode (reference: 1), or None.
+        eval_patch: LR patch for sliding-window validation of large volumes, or None for whole volumes.
+        eval_ssim: compute the slice-wise SSIM during validation (slow on big volumes; always on in test).
+    """
+
+    def __init__(self, generator: DictConfig | dict, discriminator: DictConfig | dict,
+                 optimizer_g: DictConfig | dict, optimizer_d: DictConfig | dict, voxel_loss: str = "mse",
+                 adversarial_weight: float = 0.0, train_discriminator: bool = True, double_sigmoid: bool = False,
+                 freeze_generator_bn_after: int | None = None, eval_patch: list[int] | None = None,
+                 eval_ssim: bool = True) -> None:
+        super().__init__()
+        if voxel_loss not in _VOXEL_LOSSES:
+            raise ValueError(f"voxel_loss must be one of {sorted(_VOXEL_LOSSES)}, got {voxel_loss!r}")
+        self.save_hyperparameters(logger=False)
+        self.automatic_optimization = False
+        self.generator = instantiate(generator)
+        self.discriminator = instantiate(discriminator)
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        """Returns G(lr): `[B, 1, D, H * scale, W]` from `[B, 1, D, H, W]`."""
+        return self.generator(lr)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        opt_g = instantiate(self.hparams.optimizer_g)(params=self.generator.parameters())
+        opt_d = instantiate(self.hparams.optimizer_d)(params=self.discriminator.parameters())
+        return [opt_g, opt_d]
+
+    def _gan_loss(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
+        logits = logits.float()
+        if self.hparams.double_sigmoid:
+            logits = torch.sigmoid(logits)
+        target = torch.full_like(logits, 1.0 if real else 0.0)
+        return F.binary_cross_entropy_with_logits(logits, target)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        after = self.hparams.freeze_generator_bn_after
+        if after is not None and self.current_epoch >= after:
+            for layer in self.generator.modules():
+                if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+                    layer.eval()
+
+    def training_step(self, batch: SRSample, batch_idx: int) -> torch.Tensor:
+        opt_g, opt_d = self.optimizers()
+        lr, hr = batch.lr, batch.hr
+        weight = float(self.hparams.adversarial_weight)
+        self.toggle_optimizer(opt_g)
+        sr = self.generator(lr)
+        voxel = _VOXEL_LOSSES[self.hparams.voxel_loss](sr.float(), hr)
+        loss_g = voxel
+        if weight > 0:
+            adversarial = self._gan_loss(self.discriminator(sr), real=True)
+            loss_g = voxel + weight * adversarial
+            self.log("train/adv_loss", adversarial, on_step=True, on_epoch=True, batch_size=len(lr))
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss_g)
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+        if self.hparams.train_discriminator:
+            self.toggle_optimizer(opt_d)
+            loss_d = 0.5 * (self._gan_loss(self.discriminator(hr), real=True)
+                            + self._gan_loss(self.discriminator(sr.detach()), real=False))
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(loss_d)
+            opt_d.step()
+            self.untoggle_optimizer(opt_d)
+            self.log("train/d_loss", loss_d, on_step=True, on_epoch=True, batch_size=len(lr))
+        self.log("train/voxel_loss", voxel, on_step=True, on_epoch=True, batch_size=len(lr))
+        self.log("train/loss", loss_g, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(lr))
+        return loss_g.detach()
+
+    def _evaluate(self, batch: SRSample, stage: str, with_ssim: bool) -> dict[str, Any]:
+        lr, hr = batch.lr, batch.hr
+        scale = int(self.generator.scale)
+        sr = upsample_normalised(self.generator, lr[0, 0], self.hparams.eval_patch)
+        sr_np, hr_np, lr_np = sr.numpy(), hr[0, 0].cpu().numpy(), lr[0, 0].cpu().numpy()
+        spline = spline_upsample(lr_np, axis=1, scale=scale)
+        scores = {"psnr": psnr_easysr(sr_np, hr_np), "psnr_spline": psnr_easysr(spline, hr_np),
+                  "mse": float(((sr_np - hr_np) ** 2).mean())}
+        if with_ssim:
+            scores["ssim"] = ssim_easysr(sr_np, hr_np)
+            scores["ssim_spline"] = ssim_easysr(spline, hr_np)
+        for name, value in scores.items():
+            self.log(f"{stage}/{name}", value, on_epoch=True, batch_size=1, sync_dist=True)
+        mid = hr.shape[2] // 2
+        sr_t = sr[None, mid].to(hr.device)
+        lr_view = lr[:, 0, mid].repeat_interleave(scale, dim=1)
+        return {"panels": {"input": lr_view, "prediction": sr_t, "reference": hr[:, 0, mid],
+                           "error": sr_t - hr[:, 0, mid]}}
+
+    def validation_step(self, batch: SRSample, batch_idx: int) -> dict[str, Any]:
+        return self._evaluate(batch, "val", self.hparams.eval_ssim)
+
+    def test_step(self, batch: SRSample, batch_idx: int) -> dict[str, Any]:
+        return self._evaluate(batch, "test", True)

@@ -1,0 +1,79 @@
+"""Super-resolve a thick-slice NIfTI scan: `python projects/easysr/predict.py input=scan.nii.gz output=sr.nii.gz
+ckpt_path=best.ckpt` (or `weights=G_latest_T1.pth`, a plain generator state dict). Options in conf/easysr/predict.yaml.
+
+The through-plane axis is the one with the largest voxel size (from the affine); the output covers the same field
+of view with `scale` times thinner voxels along it and overlays the input in world space (see
+`projects.easysr.infer`). Bad input (not 3-D, NaN, unreadable) prints one line and exits with code 2; nothing
+is written then.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from common.errors import DataError  # noqa: E402
+from common.io import load_nifti, save_nifti  # noqa: E402
+from common.run import CONF_ROOT, cli  # noqa: E402
+from projects.easysr.infer import super_resolve  # noqa: E402
+
+
+def _read(path: str) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError as err:
+        raise DataError(path, "file not found") from err
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise DataError(path, f"cannot read weights ({type(err).__name__}: {err})") from err
+
+
+def load_generator(cfg: DictConfig) -> torch.nn.Module:
+    """Returns the generator of `cfg.ckpt_path` (a train.py checkpoint) or `cfg.weights` (a plain state dict).
+
+    Raises:
+        DataError: neither given, unreadable file, or weights that do not fit the generator.
+    """
+    if cfg.get("ckpt_path"):
+        ckpt = _read(cfg.ckpt_path)
+        gen_cfg = ckpt.get("run_config", {}).get("model", {}).get("generator") or cfg.model.generator
+        state = {k.removeprefix("generator."): v for k, v in ckpt.get("state_dict", {}).items()
+                 if k.startswith("generator.")}
+        source = cfg.ckpt_path
+    elif cfg.get("weights"):
+        gen_cfg, state, source = cfg.model.generator, _read(cfg.weights), cfg.weights
+    else:
+        raise DataError(None, "predict needs ckpt_path=<train.py checkpoint> or weights=<generator state dict>")
+    if not isinstance(gen_cfg, DictConfig):
+        gen_cfg = OmegaConf.create(gen_cfg)
+    generator = instantiate(gen_cfg)
+    try:
+        generator.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise DataError(source, f"weights do not fit the generator: {err}") from err
+    return generator.eval()
+
+
+def predict(cfg: DictConfig) -> Path:
+    """Reads `cfg.input`, super-resolves it and writes `cfg.output`; returns the output path."""
+    scan = load_nifti(cfg.input, ndim=3)
+    generator = load_generator(cfg)
+    patch = list(cfg.patch) if cfg.get("patch") else None
+    result = super_resolve(scan, generator, axis=cfg.get("axis"), patch=patch, overlap=float(cfg.overlap),
+                           intensity=cfg.intensity, target_spacing=cfg.get("target_spacing"),
+                           precision=str(cfg.precision))
+    out = save_nifti(cfg.output, result.data, result.affine, header=scan.header)
+    print(f"{out}: {result.shape} voxels of {[round(s, 4) for s in result.spacing]} mm")
+    return out
+
+
+if __name__ == "__main__":
+    import hydra
+
+    hydra.main(config_path=str(CONF_ROOT / "easysr"), config_name="predict",
+               version_base="1.3")(lambda cfg: cli(predict, cfg))()
