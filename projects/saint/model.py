@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.inference import predict_by_slices
+
 MAX_INTENSITY = 4000.0  # HU + 1024 clipped to [0, 4000]
 
 
@@ -235,17 +237,15 @@ class SAINT(MSRNet):
         return [p for name, p in self.named_parameters() if not name.startswith("RFN.")]
 
     def _marginal(self, vol: torch.Tensor, axis: int, dist: torch.Tensor, plane_batch: int) -> torch.Tensor:
-        """Returns `[X, Y, Z * F]`: the MSR applied to every plane perpendicular to `axis` (0 or 1), in batches."""
-        planes = vol if axis == 0 else vol.transpose(0, 1)
-        n_plane, height, z_lr = planes.shape
-        padded = F.pad(planes, (0, 0, 0, 0, 1, 1))  # zero neighbours beyond the first and last plane
-        n_phase = dist.shape[1]
-        out = torch.empty(n_plane, height, z_lr * n_phase, dtype=torch.float32)
-        for start in range(0, n_plane, plane_batch):
-            stop = min(start + plane_batch, n_plane)
-            x = torch.stack([padded[start + c:stop + c] for c in range(3)], dim=1)
-            out[start:stop] = interleave(self(x, dist).float()).clamp_(0.0, MAX_INTENSITY)
-        return out if axis == 0 else out.transpose(0, 1)
+        """Returns `[X, Y, Z * F]`: the MSR applied to every plane perpendicular to `axis` (0 or 1), in batches.
+
+        Neighbours beyond the first and last plane are zero, as in the reference.
+        """
+        def predict(planes: torch.Tensor) -> torch.Tensor:  # [b, 3, H, Z] -> [b, H, Z * F]
+            return interleave(self(planes, dist).float()).clamp_(0.0, MAX_INTENSITY)
+
+        return predict_by_slices(predict, vol, axis=axis, context=1, batch_size=plane_batch, pad_value=0.0,
+                                 device=dist.device)
 
     @torch.no_grad()
     def infer_views(self, vol: torch.Tensor, spacing: Sequence[float], f: int,

@@ -1,0 +1,278 @@
+"""SAINT data: case splits, slice-dropping LR synthesis, MSR plane samples, whole-volume evaluation items.
+
+All volumes come from the cache written by `prepare.py`: key `image`, uint16 `[X, Y, Z]` (HU + 1024 in
+[0, 4000], z the axial axis), `meta["spacing"]` = (sx, sy, sz) mm. Training reads 3 adjacent planes of constant
+x or constant y straight from the memory-mapped array, only over the z range it needs.
+
+LR synthesis is slice dropping: the first `Z mod f` slices are dropped, then every f-th slice is kept, so high-
+resolution slice `z * f + k` is phase k of low-resolution slice z.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from common.errors import DataError
+from common.io.cache import VolumeCache
+from projects.saint.model import distance_map
+
+IMAGE_KEY = "image"
+PAPER_SPLIT = Path(__file__).resolve().parent / "splits" / "paper_test.json"
+
+
+class Split(NamedTuple):
+    """Case ids of each subset."""
+
+    train: list[str]
+    val: list[str]
+    test: list[str]
+
+
+def _flatten(ids: Any) -> list[str]:
+    if isinstance(ids, dict):
+        return [i for v in ids.values() for i in _flatten(v)]
+    return [str(i) for i in ids]
+
+
+def load_split(path: str | Path) -> dict[str, list[str]]:
+    """Returns `{"test": [...], optionally "train", "val"}` from a split JSON (lists or dicts of lists).
+
+    Raises:
+        DataError: unreadable file or no `test` entry.
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(path, f"cannot read the split file ({err})") from err
+    if not isinstance(raw, dict) or "test" not in raw:
+        raise DataError(path, "a split file needs a 'test' entry (list of case ids, or dict of lists)")
+    return {k: _flatten(raw[k]) for k in ("train", "val", "test") if k in raw}
+
+
+def split_cases(case_ids: Sequence[str], split_file: str | Path, val_count: int = 2, seed: int = 0) -> Split:
+    """Returns train / val / test ids: test from the split file, val drawn (seeded) from the rest.
+
+    Ids of the split file that are not in `case_ids` are ignored (e.g. the paper's KiTS cases).
+    """
+    split = load_split(split_file)
+    available = set(case_ids)
+    test = [c for c in split["test"] if c in available]
+    rest = sorted(available - set(test))
+    if "train" in split:
+        train = [c for c in split["train"] if c in available]
+        val = [c for c in split.get("val", []) if c in available]
+        return Split(train, val, test)
+    order = np.random.default_rng(seed).permutation(len(rest))
+    val = sorted(rest[i] for i in order[:val_count])
+    return Split([c for c in rest if c not in val], val, test)
+
+
+def thickness_step(n_slices: int, dz_mm: float, rng: np.random.Generator, max_thickness_mm: float = 5.0,
+                   min_slices: int = 60) -> int:
+    """Returns a random slice step r (new spacing dz * r) simulating thicker acquisitions.
+
+    r is uniform in 1..upper, upper = floor(max_thickness / dz) lowered until `n_slices // upper >= min_slices`;
+    never below 1, so short volumes simply keep their spacing.
+    """
+    upper = max(1, int(np.floor(max_thickness_mm / dz_mm + 1e-6)))
+    while upper > 1 and n_slices // upper < min_slices:
+        upper -= 1
+    return int(rng.integers(1, upper + 1))
+
+
+def read_planes(vol: np.ndarray, axis: int, j: int, z_index: slice) -> np.ndarray:
+    """Returns float32 `[3, H, nz]`: planes j-1, j, j+1 perpendicular to `axis` (0 or 1), zero beyond the border.
+
+    H is the other in-plane axis; only the z range `z_index` is read from the (memory-mapped) volume.
+    """
+    n = vol.shape[axis]
+    lo, hi = max(j - 1, 0), min(j + 2, n)
+    block = vol[lo:hi, :, z_index] if axis == 0 else np.swapaxes(vol[:, lo:hi, z_index], 0, 1)
+    out = np.zeros((3, block.shape[1], block.shape[2]), dtype=np.float32)
+    out[lo - (j - 1):hi - (j - 1)] = block
+    return out
+
+
+def lr_from_hr(hr: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns `(hr_trimmed, lr)`: the first `Z mod f` slices dropped, then every f-th slice kept (last axis)."""
+    trimmed = hr[..., hr.shape[-1] % f:]
+    return trimmed, trimmed[..., ::f]
+
+
+class PlaneDataset(Dataset):
+    """MSR training samples: every plane of constant x and of constant y of every training volume.
+
+    Each item draws a factor f from `factors`, a thickness step r, a z offset, and a crop of `patch_lr` low-
+    resolution slices over the full in-plane width.
+
+    Item: `lr` `[3, H, P]`, `target` `[n_phase, H, P]` (phases >= f zero), `dist` `[n_phase, 3, 3]`, `f`.
+    """
+
+    def __init__(self, cache: VolumeCache, case_ids: Sequence[str], factors: Sequence[int] = (4, 6),
+                 n_phase: int = 6, patch_lr: int = 10, max_thickness_mm: float = 5.0,
+                 min_hr_slices: int | None = None) -> None:
+        if not case_ids:
+            raise DataError(cache.root, "no training cases")
+        if max(factors) > n_phase:
+            raise ValueError(f"factors {list(factors)} exceed n_phase={n_phase}")
+        self.cache, self.case_ids, self.factors = cache, list(case_ids), [int(f) for f in factors]
+        self.n_phase, self.patch_lr, self.max_thickness_mm = n_phase, patch_lr, max_thickness_mm
+        self.min_hr_slices = min_hr_slices if min_hr_slices is not None else patch_lr * max(self.factors)
+        self.spacing = [tuple(cache.meta(c)["spacing"]) for c in self.case_ids]
+        self.items = [(ci, axis, j) for ci, c in enumerate(self.case_ids)
+                      for axis in (0, 1) for j in range(cache.shape(c, IMAGE_KEY)[axis])]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _z_window(self, n_slices: int, dz: float, f: int, rng: np.random.Generator) -> tuple[slice, int, float]:
+        """Returns the z slice to read (HR slices of the crop), the LR crop length, and the HR spacing (mm)."""
+        r = thickness_step(n_slices, dz, rng, self.max_thickness_mm, self.min_hr_slices)
+        offset = int(rng.integers(0, r))
+        n_kept = len(range(offset, n_slices, r))
+        n_lr = n_kept // f
+        if n_lr < 1:
+            raise DataError(self.cache.root, f"a volume of {n_slices} slices is too short for factor {f}")
+        patch = min(self.patch_lr, n_lr)
+        start = int(rng.integers(0, n_lr - patch + 1))
+        z0 = offset + r * (n_kept % f + start * f)
+        return slice(z0, z0 + r * patch * f, r), patch, dz * r
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ci, axis, j = self.items[index]
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        vol = self.cache.load(self.case_ids[ci], IMAGE_KEY)
+        sx, sy, sz = self.spacing[ci]
+        f = self.factors[int(rng.integers(0, len(self.factors)))]
+        z_index, patch, dz_hr = self._z_window(vol.shape[2], sz, f, rng)
+        hr = read_planes(vol, axis, j, z_index)  # [3, H, patch * f]
+        target = np.zeros((self.n_phase, hr.shape[1], patch), dtype=np.float32)
+        target[:f] = np.stack([hr[1, :, k::f] for k in range(f)])
+        dxy = sy if axis == 0 else sx
+        return {"lr": torch.from_numpy(np.ascontiguousarray(hr[:, :, ::f])), "target": torch.from_numpy(target),
+                "dist": torch.from_numpy(distance_map(f, dz_hr, dxy, self.n_phase)), "f": f}
+
+
+def collate_planes(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stacks plane samples, zero-padding H and W to the largest; `mask` marks the real phases and pixels.
+
+    Returns:
+        `lr` `[B, 3, H, W]`, `target` `[B, n_phase, H, W]`, `dist` `[B, n_phase, 3, 3]`, `f` `[B]` int64,
+        `mask` `[B, n_phase, H, W]` float32 (1 where the loss counts).
+    """
+    h = max(it["lr"].shape[1] for it in items)
+    w = max(it["lr"].shape[2] for it in items)
+    n_phase = items[0]["target"].shape[0]
+    batch = {"lr": torch.zeros(len(items), 3, h, w), "target": torch.zeros(len(items), n_phase, h, w),
+             "mask": torch.zeros(len(items), n_phase, h, w)}
+    for b, it in enumerate(items):
+        _, hi, wi = it["lr"].shape
+        batch["lr"][b, :, :hi, :wi] = it["lr"]
+        batch["target"][b, :, :hi, :wi] = it["target"]
+        batch["mask"][b, :it["f"], :hi, :wi] = 1.0
+    batch["dist"] = torch.stack([it["dist"] for it in items])
+    batch["f"] = torch.tensor([it["f"] for it in items])
+    return batch
+
+
+class VolumeDataset(Dataset):
+    """Whole-volume evaluation items, one per (case, factor): the HR volume and its slice-dropped LR version.
+
+    Item: `case_id`, `f`, `lr` `[X, Y, Z // f]` float32, `hr` `[X, Y, (Z // f) * f]` float32, `spacing`
+    `(sx, sy, sz)` mm of the HR grid; with `views_dir`, also `views` `[2, X, Y, Z']` (stage-1 outputs).
+    """
+
+    def __init__(self, cache: VolumeCache, case_ids: Sequence[str], factors: Sequence[int] = (4, 6),
+                 views_dir: str | Path | None = None) -> None:
+        self.cache, self.views_dir = cache, views_dir
+        self.items = [(c, int(f)) for c in case_ids for f in factors]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        case_id, f = self.items[index]
+        hr, lr = lr_from_hr(np.asarray(self.cache.load(case_id, IMAGE_KEY), dtype=np.float32), f)
+        item = {"case_id": case_id, "f": f, "lr": torch.from_numpy(np.ascontiguousarray(lr)),
+                "hr": torch.from_numpy(np.ascontiguousarray(hr)),
+                "spacing": tuple(float(s) for s in self.cache.meta(case_id)["spacing"])}
+        if self.views_dir is not None:
+            stack = np.load(fusion_file(self.views_dir, case_id, f), mmap_mode="r")  # [Z', 3, X, Y]
+            item["views"] = torch.from_numpy(np.ascontiguousarray(stack[:, :2].transpose(1, 2, 3, 0), np.float32))
+        return item
+
+
+def first_item(items: list[Any]) -> Any:
+    """Collate function of batch size 1 that returns the item itself (whole volumes are never stacked)."""
+    return items[0]
+
+
+def fusion_file(folder: str | Path, case_id: str, f: int) -> Path:
+    """Returns the path of the stage-1 outputs of one case and factor: uint16 `[Z', 3, X, Y]` (view x, view y, HR)."""
+    return Path(folder) / f"{case_id}_x{f}.npy"
+
+
+class SaintDataModule(pl.LightningDataModule):
+    """Stage-1 data: MSR plane samples for training, whole volumes for validation and test.
+
+    Args:
+        cache_dir: the cache written by `prepare.py`.
+        split_file: split JSON (default: the paper's test ids); val cases are drawn from the non-test cases.
+        factors: training factors, one drawn per sample (paper: 4 and 6).
+        n_phase: phases of the network output (the largest factor the head serves at once).
+        patch_lr: low-resolution slices per training crop (paper: 10).
+        max_thickness_mm: thickness simulation limit (paper: 5 mm).
+        min_hr_slices: keep at least this many slices after thickness simulation (default: patch_lr * max f).
+        batch_size, num_workers: training loader.
+        samples_per_epoch: planes drawn per epoch (default: every plane of every training volume).
+        val_count: validation volumes held out of training (when the split file has no `val` list).
+        val_factors, test_factors: factors evaluated on whole volumes.
+        split_seed: seed of the validation draw.
+    """
+
+    def __init__(self, cache_dir: str, split_file: str | None = None, factors: Sequence[int] = (4, 6),
+                 n_phase: int = 6, patch_lr: int = 10, max_thickness_mm: float = 5.0,
+                 min_hr_slices: int | None = None, batch_size: int = 16, num_workers: int = 2,
+                 samples_per_epoch: int | None = None, val_count: int = 2, val_factors: Sequence[int] = (4, 6),
+                 test_factors: Sequence[int] = (4, 6), split_seed: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.cache = VolumeCache(cache_dir)
+        self.split: Split | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.split is not None:
+            return
+        if len(self.cache) == 0:
+            raise DataError(self.cache.root, "the cache is empty: run `python -m projects.saint.prepare` first")
+        hp = self.hparams
+        self.split = split_cases(self.cache.case_ids(), hp.split_file or PAPER_SPLIT, hp.val_count, hp.split_seed)
+
+    def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        dataset = PlaneDataset(self.cache, self.split.train, hp.factors, hp.n_phase, hp.patch_lr,
+                               hp.max_thickness_mm, hp.min_hr_slices)
+        sampler = RandomSampler(dataset, num_samples=hp.samples_per_epoch) if hp.samples_per_epoch else None
+        return self._loader(dataset, batch_size=hp.batch_size, shuffle=sampler is None, sampler=sampler,
+                            collate_fn=collate_planes, drop_last=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(VolumeDataset(self.cache, self.split.val, self.hparams.val_factors),
+                            batch_size=1, collate_fn=first_item)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(VolumeDataset(self.cache, self.split.test, self.hparams.test_factors),
+                            batch_size=1, collate_fn=first_item)

@@ -1,0 +1,117 @@
+"""The SAINT LightningModule: stage 1 trains the MSR, stage 2 the RFN on the frozen MSR's outputs.
+
+Stage 1 (`stage: msr`): L1 between the phase-major MSR output and the HR phases, counted only over the f real
+phases of each sample (the zero padding of mixed-factor batches is masked out); the RFN is frozen.
+Stage 2 (`stage: rfn`): the MSR weights come from `msr_ckpt` and are frozen; L1 of the fused axial slice.
+Validation and test run whole-volume inference and score it with the paper's protocol (`evaluation.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torchmetrics import MeanMetric
+
+from common.module import ConfiguredModule
+from projects.saint.checkpoint import load_weights
+from projects.saint.evaluation import psnr_saint, ssim_saint
+from projects.saint.model import SAINT
+
+
+def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Returns the mean absolute error over the elements where `mask` is 1 (all tensors the same shape)."""
+    return ((pred.float() - target).abs() * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+class SaintModule(ConfiguredModule):
+    """SAINT training and evaluation.
+
+    Args:
+        net: config of `projects.saint.model.SAINT`.
+        optimizer, scheduler, scheduler_interval, monitor: see `ConfiguredModule`.
+        stage: "msr" (stage 1) or "rfn" (stage 2).
+        msr_ckpt: stage 2: checkpoint whose MSR weights are loaded (and frozen) when fitting starts.
+        init_ckpt: optional weights (e.g. the reference's `model_comb.pt`) loaded into the whole net at fitting.
+        eval_fuse: how validation and test fuse the two views: "mean" or "rfn".
+        eval_factors: factors scored at validation and test (one metric per factor).
+        plane_batch: planes (and axial slices) per inference pass.
+        crop_fraction: central fraction of x and y scored by the protocol.
+    """
+
+    def __init__(self, net: DictConfig | dict, optimizer: DictConfig | dict | None = None,
+                 scheduler: DictConfig | dict | None = None, scheduler_interval: str = "epoch",
+                 monitor: str = "val/psnr", stage: str = "msr", msr_ckpt: str | None = None,
+                 init_ckpt: str | None = None, eval_fuse: str = "mean", eval_factors: Sequence[int] = (4, 6),
+                 plane_batch: int = 8, crop_fraction: float = 0.5) -> None:
+        super().__init__(net, optimizer, scheduler, scheduler_interval, monitor)
+        if stage not in ("msr", "rfn"):
+            raise ValueError(f"stage must be 'msr' or 'rfn', got {stage!r}")
+        if stage == "rfn" and not msr_ckpt:
+            raise ValueError("stage 'rfn' needs msr_ckpt (the stage-1 checkpoint)")
+        self.net: SAINT
+        for name, param in self.net.named_parameters():
+            param.requires_grad_(name.startswith("RFN.") == (stage == "rfn"))
+        names = ["psnr", "ssim"] + [f"{m}_x{f}" for m in ("psnr", "ssim") for f in eval_factors]
+        self.scores = torch.nn.ModuleDict({n: MeanMetric() for n in names})
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self.hparams.init_ckpt:
+            load_weights(self.net, self.hparams.init_ckpt, "all")
+        if self.hparams.stage == "rfn":
+            load_weights(self.net, self.hparams.msr_ckpt, "msr")
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.hparams.stage == "msr":
+            loss = masked_l1(self.net(batch["lr"], batch["dist"]), batch["target"], batch["mask"])
+        else:
+            loss = masked_l1(self.net.RFN(batch["views"]), batch["target"], batch["mask"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["target"]))
+        return loss
+
+    def synthesise(self, item: dict[str, Any], fuse: str | None = None) -> tuple[torch.Tensor, ...]:
+        """Returns `(fused, view_x, view_y)` `[X, Y, Z']` for an evaluation item (precomputed views if present)."""
+        if "views" in item:
+            view_x, view_y = item["views"][0], item["views"][1]
+        else:
+            view_x, view_y = self.net.infer_views(item["lr"], item["spacing"], item["f"], self.hparams.plane_batch)
+        fused = self.net.fuse(view_x, view_y, fuse or self.hparams.eval_fuse, self.hparams.plane_batch)
+        return fused, view_x, view_y
+
+    def _score(self, item: dict[str, Any], with_ssim: bool) -> dict[str, torch.Tensor]:
+        fused, _, _ = self.synthesise(item)
+        f, hr = item["f"], item["hr"]
+        weight = float(hr.shape[2])  # per-volume scores are weighted by the number of slices
+        values = {"psnr": psnr_saint(fused, hr, f, self.hparams.crop_fraction)}
+        if with_ssim:
+            values["ssim"] = ssim_saint(fused, hr, f, self.hparams.crop_fraction)
+        for name, value in values.items():
+            for key in (name, f"{name}_x{f}"):
+                if key in self.scores:
+                    self.scores[key].update(torch.tensor(value), weight)
+        centre = hr.shape[1] // 2
+        lr_line = item["lr"][:, centre].repeat_interleave(f, dim=-1)
+        return {"input": lr_line[None], "prediction": fused[:, centre][None], "reference": hr[:, centre][None],
+                "error": (fused - hr)[:, centre][None]}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return {"panels": self._score(batch, with_ssim=False)}
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._score(batch, with_ssim=True)
+
+    def _log_scores(self, prefix: str) -> None:
+        for name, metric in self.scores.items():
+            if metric.update_count:
+                self.log(f"{prefix}/{name}", metric.compute(), sync_dist=False)
+            metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
