@@ -43,7 +43,14 @@ def compose_experiment(project: str, experiment: str, overrides: list[str] | Non
 
 
 def count_networks(module: torch.nn.Module) -> dict[str, int]:
-    """Returns {child name: parameter count} for the top-level children that hold parameters."""
+    """Returns {network name: parameter count}.
+
+    A module that knows its sub-networks better than its attribute layout does (e.g. two stages stored in one
+    state dict under the reference's names) defines `network_parameter_counts() -> dict[str, int]`; otherwise
+    each top-level child that holds parameters is one network.
+    """
+    if hasattr(module, "network_parameter_counts"):
+        return dict(module.network_parameter_counts())
     counts = {name: sum(p.numel() for p in child.parameters()) for name, child in module.named_children()}
     return {name: n for name, n in counts.items() if n > 0}
 
