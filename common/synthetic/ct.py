@@ -248,6 +248,10 @@ def _pancreas(s: _Scene) -> None:
     if candidates.size == 0 or wanted == 0:
         return
     inside = free & (relative <= candidates[min(wanted, candidates.size) - 1])
+    # Neighbouring organs can pinch off a few voxels; the organ itself is one piece.
+    parts, count = ndimage.label(inside)
+    if count > 1:
+        inside = parts == 1 + int(np.argmax(ndimage.sum_labels(inside, parts, range(1, count + 1))))
     lobules = 40.0 + rng.uniform(15.0, 30.0) + 6.0 * smooth_noise(rng, dist.shape, 1.5)
     s.hu[box][inside] = lobules[inside]
     s.organ[box][inside] = CT_LABELS["pancreas"]

@@ -84,6 +84,7 @@ def test_ct_anatomy_changes_along_z() -> None:
 def test_ct_pancreas_is_small_thin_and_low_contrast(seed: int) -> None:
     hu, organ, _ = _ct(seed)
     pancreas = organ == CT_LABELS["pancreas"]
+    assert ndimage.label(pancreas)[1] == 1
     fraction = pancreas.sum() / (hu > -500).sum()
     assert 0.005 <= fraction <= 0.015
     ring = ndimage.binary_dilation(pancreas, iterations=3) & ~pancreas & (organ == 0) & (hu > -30) & (hu < 120)
