@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage
-from skimage.metrics import structural_similarity
 
 CLIP_SD = 2.58
 OUT_MAX = 255.0
@@ -138,6 +137,8 @@ def ssim_easysr(sr: np.ndarray, hr: np.ndarray, slice_axis: int = 0) -> float:
     Returns:
         Mean SSIM in [-1, 1].
     """
+    from skimage.metrics import structural_similarity  # imported here: predict.py never needs it
+
     sr_s = np.moveaxis(np.asarray(sr, np.float64), slice_axis, 0)
     hr_s = np.moveaxis(np.asarray(hr, np.float64), slice_axis, 0)
     scores = []

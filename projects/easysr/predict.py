@@ -20,8 +20,10 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from common.errors import DataError  # noqa: E402
 from common.io import load_nifti, save_nifti  # noqa: E402
-from common.run import CONF_ROOT, cli  # noqa: E402
 from projects.easysr.infer import super_resolve  # noqa: E402
+
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "easysr"
 
 
 def _read(path: str) -> dict:
@@ -75,5 +77,12 @@ def predict(cfg: DictConfig) -> Path:
 if __name__ == "__main__":
     import hydra
 
-    hydra.main(config_path=str(CONF_ROOT / "easysr"), config_name="predict",
-               version_base="1.3")(lambda cfg: cli(predict, cfg))()
+    def _main(cfg: DictConfig) -> None:
+        # The light twin of common.run.cli (which imports Lightning): bad input -> one line, exit code 2.
+        try:
+            predict(cfg)
+        except DataError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    hydra.main(config_path=str(CONF_DIR), config_name="predict", version_base="1.3")(_main)()
