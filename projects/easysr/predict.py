@@ -22,7 +22,6 @@ from common.errors import DataError  # noqa: E402
 from common.io import load_nifti, save_nifti  # noqa: E402
 from projects.easysr.infer import super_resolve  # noqa: E402
 
-
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "easysr"
 
 
