@@ -1,4 +1,4 @@
-"""Fixtures of the EasySR tests: small isotropic brain-like NIfTI volumes in the reference's layouts."""
+"""Fixtures of the EasySR tests: small isotropic rat-brain-like NIfTI volumes in the reference's layouts."""
 
 from __future__ import annotations
 
@@ -6,24 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from common.io import save_nifti
-from projects.easysr.synthetic import brainlike_volume, iso_affine
-
-
-def write_volumes(folder: Path, n: int, shape=(16, 18, 16), seed: int = 0) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = folder / f"rat{i:02d}.T2w.nii.gz"
-        save_nifti(path, brainlike_volume(shape, seed + i), iso_affine())
-        paths.append(path)
-    return paths
+from common.synthetic import isotropic_volume, write_ratbrain_nifti
 
 
 @pytest.fixture
 def flat_raw(tmp_path: Path) -> Path:
     """Five isotropic volumes in one folder (split by the data module)."""
-    write_volumes(tmp_path / "raw", 5)
+    write_ratbrain_nifti(tmp_path / "raw", {f"rat{i:02d}": isotropic_volume(i, (16, 18, 16)) for i in range(5)})
     return tmp_path / "raw"
 
 
@@ -31,7 +20,6 @@ def flat_raw(tmp_path: Path) -> Path:
 def split_raw(tmp_path: Path) -> Path:
     """The reference's split layout: training/ and validation/."""
     root = tmp_path / "train_data"
-    write_volumes(root / "training", 3, seed=0)
-    write_volumes(root / "validation", 1, seed=10)
-    (root / "validation" / "rat00.T2w.nii.gz").rename(root / "validation" / "val00.nii.gz")
+    write_ratbrain_nifti(root, {f"rat{i:02d}": isotropic_volume(i, (16, 18, 16)) for i in range(3)}, "training")
+    write_ratbrain_nifti(root, {"val00": isotropic_volume(10, (16, 18, 16))}, "validation")
     return root

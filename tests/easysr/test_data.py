@@ -9,11 +9,10 @@ import torch
 from common.errors import DataError
 from common.io import save_nifti
 from common.io.cache import VolumeCache
+from common.synthetic import isotropic_volume
 from projects.easysr.data import EasySRDataModule, SRPatchDataset
 from projects.easysr.ops import Normaliser, make_lr, normalise, spline_upsample
 from projects.easysr.prepare import build_cache, find_volumes
-from projects.easysr.synthetic import brainlike_volume as brainlike
-from projects.easysr.synthetic import iso_affine
 
 
 def test_flat_folder_split_is_seeded_and_disjoint(flat_raw):
@@ -37,7 +36,7 @@ def test_cache_pairs_are_normalised_and_aligned(split_raw, tmp_path):
     assert lr.min() == 0.0 and lr.max() == pytest.approx(255.0)
     assert 0.0 <= hr.min() and hr.max() <= 255.0
     # The LR is the spline-thickened HR mapped by the same normaliser.
-    raw = brainlike((16, 18, 16), 1)
+    raw = isotropic_volume(1, (16, 18, 16))[0]
     norm = Normaliser.fit(make_lr(raw, 1, 3))
     np.testing.assert_allclose(lr, norm.apply(make_lr(raw, 1, 3)), atol=1e-3)
     np.testing.assert_allclose(hr, norm.apply(raw), atol=1e-3)
@@ -53,7 +52,7 @@ def test_other_thick_axis_moves_to_axis_one(split_raw, tmp_path):
 
 
 def test_normaliser_inverts_and_normalise_is_one_function():
-    vol = brainlike((10, 12, 10), 4)
+    vol = isotropic_volume(4, (16, 16, 16))[0]
     norm = Normaliser.fit(vol)
     out = norm.apply(vol)
     np.testing.assert_array_equal(out, normalise(vol))
@@ -112,13 +111,13 @@ def test_datamodule_batches(flat_raw, tmp_path):
 def test_bad_raw_data_is_named(tmp_path, problem, match):
     raw = tmp_path / "raw"
     raw.mkdir()
+    vol, affine = isotropic_volume(0, (16, 16, 16))
     if problem == "anisotropic":
-        affine = iso_affine()
         affine[1, 1] = 0.6
-        save_nifti(raw / "thick.nii.gz", brainlike((8, 8, 8), 0), affine)
+        save_nifti(raw / "thick.nii.gz", vol, affine)
     elif problem == "duplicate":
         for name in ("a.nii.gz", "a.nii"):
-            save_nifti(raw / name, brainlike((8, 8, 8), 0), iso_affine())
+            save_nifti(raw / name, vol, affine)
     with pytest.raises(DataError, match=match):
         build_cache(raw, tmp_path / "cache")
     assert not VolumeCache(tmp_path / "cache").index_path.exists()

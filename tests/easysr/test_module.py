@@ -13,10 +13,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from common.io import save_nifti
 from common.run import CONF_ROOT, train
+from common.synthetic import isotropic_volume, write_ratbrain_nifti
 from projects.easysr.data import SRSample
-from projects.easysr.synthetic import brainlike_volume, iso_affine
 
 EXPERIMENTS = ["reference", "gan", "demo"]
 
@@ -30,9 +29,7 @@ def _compose(name: str, overrides: list[str]):
 @pytest.fixture(scope="module")
 def raw32(tmp_path_factory) -> Path:
     raw = tmp_path_factory.mktemp("easysr") / "raw"
-    raw.mkdir()
-    for i in range(3):
-        save_nifti(raw / f"rat{i}.nii.gz", brainlike_volume((32, 33, 32), i), iso_affine())
+    write_ratbrain_nifti(raw, {f"rat{i}": isotropic_volume(i, (32, 33, 32)) for i in range(3)})
     return raw
 
 
