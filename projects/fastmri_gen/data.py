@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker
 from torch.utils.data._utils.collate import default_collate
 
 from common.io import FastMRIFile
-from projects.fastmri_gen.prepare import load_or_build_index
+from projects.fastmri_gen.prepare import load_or_build_index, write_synthetic_tree
 from projects.fastmri_gen.transforms import (
     ColumnMask,
     MaskFunc,
@@ -287,6 +287,8 @@ class FastMRIDataModule(pl.LightningDataModule):
         sample_rate / val_sample_rate: fraction of slices used (the reference: 0.2 for both).
         fidelity: `DataFidelity` fields (reference switches).
         seed: seed of the slice subsets.
+        synthetic: keyword arguments of `prepare.write_synthetic_tree`; when given and `data_dir` has no
+            validation split yet, the synthetic tree is written there first (the demo).
     """
 
     def __init__(self, data_dir: str, cache_dir: str | None = None, train_split: str = "singlecoil_train",
@@ -294,7 +296,8 @@ class FastMRIDataModule(pl.LightningDataModule):
                  accelerations: list[int] | tuple[int, ...] = (4,), center_fractions: list[float] | None = None,
                  val_accelerations: list[int] | None = None, mask_type: str = "random", batch_size: int = 8,
                  val_batch_size: int | None = None, num_workers: int = 2, sample_rate: float = 1.0,
-                 val_sample_rate: float = 1.0, fidelity: dict | None = None, seed: int = 0) -> None:
+                 val_sample_rate: float = 1.0, fidelity: dict | None = None, seed: int = 0,
+                 synthetic: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.fidelity = DataFidelity(**{k: v for k, v in (fidelity or {}).items()
@@ -303,6 +306,11 @@ class FastMRIDataModule(pl.LightningDataModule):
         val = list(val_accelerations or accelerations)
         self.val_masks = make_mask_func(mask_type, val, None if val_accelerations else center_fractions)
         self.datasets: dict[str, FastMRISliceDataset] = {}
+
+    def prepare_data(self) -> None:
+        synthetic = self.hparams.synthetic
+        if synthetic and not (Path(self.hparams.data_dir) / self.hparams.val_split).is_dir():
+            write_synthetic_tree(self.hparams.data_dir, **dict(synthetic))
 
     def dataset(self, stage: str) -> FastMRISliceDataset:
         """Return (building once) the dataset of "train", "val" or "test"."""

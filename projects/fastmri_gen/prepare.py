@@ -84,14 +84,46 @@ def load_or_build_index(folder: str | os.PathLike, cache_dir: str | os.PathLike 
     return volumes
 
 
+def write_synthetic_tree(root: str | os.PathLike, train_volumes: int = 12, val_volumes: int = 4, slices: int = 8,
+                         size: int = 64, seed: int = 0, test_volumes: int = 0) -> Path:
+    """Write synthetic single-coil volumes in the public fastMRI layout under `root`; returns `root`.
+
+    Magnitudes from `common.synthetic.knee_images`, k-space from `single_coil_kspace` (smooth phase,
+    noise, readout oversampled x2, about 15 % extra phase-encoding columns as in the real data).
+
+    Args:
+        root: receives `singlecoil_train/`, `singlecoil_val/` (and `singlecoil_test/` when asked).
+        train_volumes / val_volumes / test_volumes: volumes per split.
+        slices: slices per volume.
+        size: target rows and columns (e.g. 64; 320 is the real recon size).
+        seed: base seed; volume v of split s uses its own seed.
+    """
+    from common.synthetic import knee_images, single_coil_kspace, write_fastmri_singlecoil
+
+    root = Path(root)
+    counts = {"singlecoil_train": train_volumes, "singlecoil_val": val_volumes, "singlecoil_test": test_volumes}
+    for split_no, (split, count) in enumerate(counts.items()):
+        volumes = {}
+        for v in range(count):
+            volume_seed = seed + 1000 * split_no + v
+            images = knee_images(seed=volume_seed, n_slices=slices, size=(size, size))
+            volumes[f"file{1_000_000 + 100_000 * split_no + v}.h5"] = single_coil_kspace(images, seed=volume_seed)
+        if volumes:
+            write_fastmri_singlecoil(root, split, volumes)
+    return root
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: index the split folders that exist under `--data-dir`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--cache-dir", required=True, type=Path)
     parser.add_argument("--splits", nargs="+", default=list(SPLITS))
+    parser.add_argument("--synthetic", action="store_true", help="first write a small synthetic tree in --data-dir")
     args = parser.parse_args(argv)
     try:
+        if args.synthetic:
+            write_synthetic_tree(args.data_dir)
         for split in args.splits:
             folder = args.data_dir / split
             if not folder.is_dir():
