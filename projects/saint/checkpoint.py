@@ -81,3 +81,16 @@ def has_trained_rfn(run_config: dict | None) -> bool:
         return True
     model = run_config.get("model", {})
     return model.get("stage") == "rfn" or bool(model.get("init_ckpt"))
+
+
+def load_saint(path: str | Path, default_net: dict | None = None) -> tuple[SAINT, bool]:
+    """Returns the network stored in `path` (eval mode) and whether its RFN is trained.
+
+    The architecture comes from the checkpoint's run config; a plain state dict uses `default_net` (keyword
+    arguments of `SAINT`, `_target_` allowed) or the paper's configuration.
+    """
+    run_config = read_run_config(path)
+    net_cfg = dict(run_config["model"]["net"]) if run_config else dict(default_net or {})
+    net_cfg.pop("_target_", None)
+    net = load_weights(SAINT(**net_cfg), path, "all").eval()
+    return net, has_trained_rfn(run_config)

@@ -18,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -27,20 +26,12 @@ from common.errors import DataError  # noqa: E402
 from common.io.atomic import save_json  # noqa: E402
 from common.io.cache import VolumeCache  # noqa: E402
 from common.run import entry, output_dir  # noqa: E402
-from projects.saint.checkpoint import has_trained_rfn, load_weights, read_run_config  # noqa: E402
+from projects.saint.checkpoint import load_saint  # noqa: E402
 from projects.saint.data import PAPER_SPLIT, VolumeDataset, split_cases  # noqa: E402
 from projects.saint.evaluation import interpolate_z, psnr_saint, ssim_saint, weighted_mean  # noqa: E402
 from projects.saint.model import SAINT  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-
-def build_net(cfg: DictConfig) -> tuple[SAINT, bool]:
-    """Returns the network with the weights of `cfg.ckpt_path` and whether its RFN is trained."""
-    run_config = read_run_config(cfg.ckpt_path)
-    net_cfg = run_config["model"]["net"] if run_config else OmegaConf.to_container(cfg.model.net, resolve=True)
-    net = load_weights(instantiate(net_cfg), cfg.ckpt_path, "all").eval()
-    return net, has_trained_rfn(run_config)
 
 
 def select_cases(cfg: DictConfig, cache: VolumeCache) -> list[str]:
@@ -100,7 +91,7 @@ def print_rows(rows: list[dict], title: str) -> None:
 def evaluate(cfg: DictConfig) -> list[dict]:
     """Runs the evaluation of `cfg` and returns the summary rows (also written to `eval_x<f>.json`)."""
     torch.set_grad_enabled(False)
-    net, rfn_trained = build_net(cfg)
+    net, rfn_trained = load_saint(cfg.ckpt_path, OmegaConf.to_container(cfg.model.net, resolve=True))
     fuses = [m for m in cfg.fuse if m != "rfn" or rfn_trained]
     cache = VolumeCache(cfg.data.cache_dir)
     cases = select_cases(cfg, cache)

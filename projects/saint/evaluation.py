@@ -59,7 +59,7 @@ def psnr_saint(sr: np.ndarray | torch.Tensor, hr: np.ndarray | torch.Tensor, f: 
         raise ValueError(f"nothing to score: {tuple(sr.shape)} at factor {f}")
     mse = float(np.mean((a - b) ** 2))
     value = float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
-    return round(value, decimals) if decimals is not None and np.isfinite(value) else value
+    return float(round(value, decimals)) if decimals is not None and np.isfinite(value) else float(value)
 
 
 def ssim_saint(sr: np.ndarray | torch.Tensor, hr: np.ndarray | torch.Tensor, f: int,

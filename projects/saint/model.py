@@ -77,6 +77,19 @@ def split_phases(z_line: torch.Tensor, f: int) -> torch.Tensor:
     return z_line.reshape(b, h, n // f, f).permute(0, 3, 1, 2)
 
 
+def linear_phases(centre: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+    """Returns linear interpolation along z of a plane, phase-major: `[B, H, W]` -> `[B, F, H, W]`.
+
+    Phase k lies at k / f of the way to the next low-resolution slice; that fraction is read off the distance
+    map (`d[k, 1, 1] = k dz`, `d[k, 2, 1] = (f - k) dz`), so mixed factors in one batch need no other input.
+    Beyond the last slice the last value is repeated; all-zero padding rows give phase 0's value.
+    """
+    to_here, to_next = dist[:, :, 1, 1], dist[:, :, 2, 1]
+    frac = (to_here / (to_here + to_next).clamp_min(1e-6)).to(centre.dtype)[:, :, None, None]  # [B|1, F, 1, 1]
+    following = torch.cat((centre[..., 1:], centre[..., -1:]), dim=-1)
+    return centre[:, None] * (1 - frac) + following[:, None] * frac
+
+
 class DenseLayer(nn.Module):
     """3x3 conv + ReLU whose output is concatenated to its input (`[B, C, H, W]` -> `[B, C + G, H, W]`)."""
 
@@ -165,12 +178,20 @@ class MSRNet(RDNFeatures):
         growth: growth rate (32).
         in_ch: adjacent planes given as channels (3).
         gw_hidden: hidden widths of the kernel generator (32, 64, 64, 64).
+        intensity_scale: the trunk sees `lr * intensity_scale` and its output is divided by it (paper: 1, raw
+            intensities; 1/4000 conditions training better). No effect on the parameters.
+        skip: "none" (paper: phase 0 re-predicts the observed slice) or "linear": the network predicts a
+            residual on linear interpolation of the centre plane along z (weights k/f read off `dist`).
     """
 
     def __init__(self, g0: int = 64, n_rdb: int = 6, n_layers: int = 8, growth: int = 32, in_ch: int = 3,
-                 gw_hidden: Sequence[int] = (32, 64, 64, 64)) -> None:
+                 gw_hidden: Sequence[int] = (32, 64, 64, 64), intensity_scale: float = 1.0,
+                 skip: str = "none") -> None:
         super().__init__(in_ch, g0, n_rdb, n_layers, growth)
+        if skip not in ("none", "linear"):
+            raise ValueError(f"skip must be 'none' or 'linear', got {skip!r}")
         self.GW = KernelGenerator(g0, tuple(gw_hidden))
+        self.intensity_scale, self.skip = float(intensity_scale), skip
 
     def upscale(self, feats: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
         """Returns `[B, F, H, W]`: feature `[B, g0, H, W]` convolved with the kernel of each phase (no bias).
@@ -197,7 +218,11 @@ class MSRNet(RDNFeatures):
         Returns:
             `[B, F, H, W]` float32, phase k of column w = high-resolution slice `w * F + k`.
         """
-        return self.upscale(self.features(lr), dist)
+        if self.intensity_scale == 1.0:
+            out = self.upscale(self.features(lr), dist)
+        else:
+            out = self.upscale(self.features(lr * self.intensity_scale), dist) / self.intensity_scale
+        return out + linear_phases(lr[:, lr.shape[1] // 2], dist) if self.skip == "linear" else out
 
 
 class RFN(RDNFeatures):
@@ -223,13 +248,14 @@ class SAINT(MSRNet):
     """MSR (its parameters at the top level, as in the reference) plus the fusion net `RFN`.
 
     Args:
-        g0, n_rdb, n_layers, growth, in_ch, gw_hidden: the MSR (see `MSRNet`).
+        g0, n_rdb, n_layers, growth, in_ch, gw_hidden, intensity_scale, skip: the MSR (see `MSRNet`).
         rfn: keyword arguments of `RFN` (paper: g0 64, 4 blocks of 6 layers, growth 12).
     """
 
     def __init__(self, g0: int = 64, n_rdb: int = 6, n_layers: int = 8, growth: int = 32, in_ch: int = 3,
-                 gw_hidden: Sequence[int] = (32, 64, 64, 64), rfn: dict | None = None) -> None:
-        super().__init__(g0, n_rdb, n_layers, growth, in_ch, gw_hidden)
+                 gw_hidden: Sequence[int] = (32, 64, 64, 64), intensity_scale: float = 1.0, skip: str = "none",
+                 rfn: dict | None = None) -> None:
+        super().__init__(g0, n_rdb, n_layers, growth, in_ch, gw_hidden, intensity_scale, skip)
         self.RFN = RFN(**(rfn or {}))
 
     def msr_parameters(self) -> list[nn.Parameter]:

@@ -145,3 +145,21 @@ def test_rfn_predicts_a_residual_on_the_mean_of_the_views() -> None:
     torch.testing.assert_close(rfn(x), x.mean(1, keepdim=True))
     with pytest.raises(ValueError):
         tiny_saint().fuse(x[0], x[1], "median")
+
+
+def test_linear_skip_reads_the_phase_fraction_off_the_distance_map() -> None:
+    from projects.saint.model import linear_phases
+
+    centre = torch.tensor([[[0.0, 4.0, 8.0]]])  # [B=1, H=1, W=3]
+    dist = torch.from_numpy(distance_map(4, 1.0, 0.8, n_phase=6))[None]
+    phases = linear_phases(centre, dist)
+    assert phases.shape == (1, 6, 1, 3)
+    line = interleave(phases[:, :4])[0, 0]
+    torch.testing.assert_close(line, torch.tensor([0.0, 1, 2, 3, 4, 5, 6, 7, 8, 8, 8, 8]))
+    # scaling the trunk's intensities leaves a zero-initialised upscale head at the linear interpolation
+    model = SAINT(g0=8, n_rdb=1, n_layers=1, growth=4, gw_hidden=(4, 4, 4, 4), intensity_scale=2.5e-4,
+                  skip="linear")
+    torch.nn.init.zeros_(model.GW.meta_block[-1].weight)
+    torch.nn.init.zeros_(model.GW.meta_block[-1].bias)
+    lr = torch.rand(2, 3, 5, 3) * 4000
+    torch.testing.assert_close(model(lr, dist), linear_phases(lr[:, 1], dist))
