@@ -85,7 +85,7 @@ def load_or_build_index(folder: str | os.PathLike, cache_dir: str | os.PathLike 
 
 
 def write_synthetic_tree(root: str | os.PathLike, train_volumes: int = 12, val_volumes: int = 4, slices: int = 8,
-                         size: int = 64, seed: int = 0, test_volumes: int = 0) -> Path:
+                         size: int = 64, seed: int = 0, test_volumes: int = 0, holdout_volumes: int = 0) -> Path:
     """Write synthetic single-coil volumes in the public fastMRI layout under `root`; returns `root`.
 
     Magnitudes from `common.synthetic.knee_images`, k-space from `single_coil_kspace` (smooth phase,
@@ -93,7 +93,9 @@ def write_synthetic_tree(root: str | os.PathLike, train_volumes: int = 12, val_v
 
     Args:
         root: receives `singlecoil_train/`, `singlecoil_val/` (and `singlecoil_test/` when asked).
-        train_volumes / val_volumes / test_volumes: volumes per split.
+        train_volumes / val_volumes / test_volumes: volumes per split (the test split gets targets
+            too, unlike the public one); `holdout_volumes` go to `singlecoil_holdout/` (same layout as
+            the validation split), for scoring after model selection on the validation split.
         slices: slices per volume.
         size: target rows and columns (e.g. 64; 320 is the real recon size).
         seed: base seed; volume v of split s uses its own seed.
@@ -101,7 +103,8 @@ def write_synthetic_tree(root: str | os.PathLike, train_volumes: int = 12, val_v
     from common.synthetic import knee_images, single_coil_kspace, write_fastmri_singlecoil
 
     root = Path(root)
-    counts = {"singlecoil_train": train_volumes, "singlecoil_val": val_volumes, "singlecoil_test": test_volumes}
+    counts = {"singlecoil_train": train_volumes, "singlecoil_val": val_volumes, "singlecoil_test": test_volumes,
+              "singlecoil_holdout": holdout_volumes}
     for split_no, (split, count) in enumerate(counts.items()):
         volumes = {}
         for v in range(count):

@@ -91,3 +91,22 @@ def test_eval_writes_fastmri_layout_and_matches_official_and_module_metrics(fast
     for key in ("nmse", "psnr", "ssim"):
         assert tested[0][f"test/{key}"] == pytest.approx(results["mean"][key], rel=1e-5)
         assert tested[0][f"test/x4/{key}"] == pytest.approx(results["mean"][key], rel=1e-5)
+
+
+def test_short_training_checkpoint_then_predict(fastmri_root, tmp_path):
+    from common.errors import DataError
+    from common.io import read_reconstruction
+    from projects.fastmri_gen.predict import predict
+
+    cfg = compose_cfg(["experiment=demo", "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
+                       "+trainer.limit_val_batches=1", "test_after_fit=false", *tiny(fastmri_root, tmp_path)])
+    train(cfg)
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    written = predict(ckpt, fastmri_root / "singlecoil_test", tmp_path / "pred")
+    assert [p.name for p in written] == ["file1200001.h5"]
+    assert read_reconstruction(written[0]).shape == (2, 32, 32)
+    one = predict(ckpt, fastmri_root / "singlecoil_val" / "file1100001.h5", tmp_path / "one", acceleration=8)
+    assert read_reconstruction(one[0]).shape == (3, 32, 32)
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="bad.ckpt"):
+        predict(tmp_path / "bad.ckpt", fastmri_root / "singlecoil_test", tmp_path / "x")
