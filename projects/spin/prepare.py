@@ -1,0 +1,134 @@
+"""ATLAS R1.2 ``standard_MNI`` tree -> the SPiN volume cache, with integrity checks.
+
+Raw layout (after unzipping ``standard_part1.zip`` and ``standard_part2.zip``)::
+
+    <root>/c00SS/c00SSsNNNNtTT/c00SSsNNNNtTT_t1w_stx.nii.gz
+    <root>/c00SS/c00SSsNNNNtTT/c00SSsNNNNtTT_LesionSmooth[_k]_stx.nii.gz   (one or more, OR-combined)
+
+Usage: ``python -m projects.spin.prepare --root RAW --cache CACHE [--split atlas_traintest]``. Each scan is
+reoriented to RAS+ (a permutation/flip, no resampling), checked (a T1 and at least one mask, equal shapes and
+affines, no NaN/Inf), and stored as ``t1`` float32 and ``lesion`` uint8, both ``[Z, X, Y]`` (axial first),
+with the RAS affine and per-slice lesion pixel counts in the metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import DataError
+from common.io.cache import VolumeCache
+from common.io.nifti import load_nifti
+from projects.spin.splits import load_split
+
+SCAN_DIR = re.compile(r"^c\d{4}s\d{4}t\d{2}$")
+
+
+def find_scans(root: str | os.PathLike) -> dict[str, tuple[Path, list[Path]]]:
+    """Returns ``{scan id: (T1 path, [mask paths])}`` for every scan folder under ``root``.
+
+    Raises:
+        DataError: ``root`` is missing or holds no scan folder; a scan has no T1 or no LesionSmooth mask.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "ATLAS root folder not found")
+    scans = {}
+    for folder in sorted(p for p in root.glob("*/*") if p.is_dir() and SCAN_DIR.match(p.name)):
+        scan = folder.name
+        t1 = [p for p in folder.glob(f"{scan}_t1w_stx.nii*")]
+        masks = sorted(p for p in folder.glob("*LesionSmooth*_stx.nii*"))
+        if not t1:
+            raise DataError(folder, f"scan {scan} has no {scan}_t1w_stx.nii.gz")
+        if not masks:
+            raise DataError(folder, f"scan {scan} has no *LesionSmooth*_stx.nii.gz mask")
+        scans[scan] = (t1[0], masks)
+    if not scans:
+        raise DataError(root, "no scan folders c00SS/c00SSsNNNNtTT found (is this the standard_MNI tree?)")
+    return scans
+
+
+def load_scan(scan: str, t1_path: Path, mask_paths: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns ``(t1 float32 [X, Y, Z], lesion uint8 [X, Y, Z], RAS affine)`` of one scan, masks OR-combined.
+
+    Raises:
+        DataError: unreadable files, NaN/Inf voxels, or masks whose shape or affine differ from the T1.
+    """
+    t1 = load_nifti(t1_path, canonical=True)
+    lesion = np.zeros(t1.shape, dtype=bool)
+    for path in mask_paths:
+        mask = load_nifti(path, canonical=True, allow_constant=True)
+        if mask.shape != t1.shape:
+            raise DataError(path, f"scan {scan}: mask shape {mask.shape} differs from the T1 shape {t1.shape}")
+        if not np.allclose(mask.affine, t1.affine, atol=1e-3):
+            raise DataError(path, f"scan {scan}: mask affine differs from the T1 affine")
+        lesion |= mask.data > 0
+    return t1.data.astype(np.float32), lesion.astype(np.uint8), t1.affine
+
+
+def cache_scan(cache: VolumeCache, scan: str, t1: np.ndarray, lesion: np.ndarray, affine: np.ndarray,
+               source: str = "") -> None:
+    """Writes one scan (``[X, Y, Z]`` arrays) to the cache, axial axis first, with per-slice lesion counts."""
+    t1_axial = np.ascontiguousarray(np.moveaxis(t1, 2, 0), dtype=np.float32)
+    lesion_axial = np.ascontiguousarray(np.moveaxis(lesion, 2, 0), dtype=np.uint8)
+    meta = {"source": source, "layout": "[Z, X, Y] of the RAS+ array [X, Y, Z]", "shape_xyz": list(t1.shape),
+            "lesion_px": lesion_axial.reshape(lesion_axial.shape[0], -1).sum(1).astype(int).tolist()}
+    cache.write_case(scan, {"t1": t1_axial, "lesion": lesion_axial}, affine, meta)
+
+
+def volume_xyz(cache: VolumeCache, scan: str, key: str) -> np.ndarray:
+    """Returns a cached array back in the NIfTI layout ``[X, Y, Z]`` (a view)."""
+    return np.moveaxis(cache.load(scan, key), 0, 2)
+
+
+def prepare(root: str | os.PathLike, cache_dir: str | os.PathLike, only: list[str] | None = None,
+            overwrite: bool = False) -> list[str]:
+    """Caches every scan under ``root`` (or the listed ones); returns the scan ids written.
+
+    Raises:
+        DataError: a listed scan is missing from ``root``, or any scan fails its checks.
+    """
+    scans = find_scans(root)
+    wanted = sorted(scans) if only is None else sorted(only)
+    missing = [s for s in wanted if s not in scans]
+    if missing:
+        raise DataError(root, f"{len(missing)} scans of the split are missing, e.g. {missing[:3]}")
+    cache = VolumeCache(cache_dir)
+    written = []
+    for scan in wanted:
+        if scan in cache and not overwrite:
+            continue
+        t1_path, mask_paths = scans[scan]
+        t1, lesion, affine = load_scan(scan, t1_path, mask_paths)
+        cache_scan(cache, scan, t1, lesion, affine, str(t1_path))
+        written.append(scan)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="ATLAS R1.2 standard_MNI -> SPiN volume cache")
+    parser.add_argument("--root", required=True, help="folder holding c00SS/c00SSsNNNNtTT/ scan folders")
+    parser.add_argument("--cache", required=True, help="output cache folder (paths.cache_dir of the configs)")
+    parser.add_argument("--split", default=None, help="only the scans of this split (e.g. atlas_traintest)")
+    parser.add_argument("--overwrite", action="store_true", help="rewrite scans already cached")
+    args = parser.parse_args(argv)
+    try:
+        only = None
+        if args.split:
+            data = load_split(args.split)
+            only = data["train"] + data["test"] if "train" in data else [s for f in data["folds"] for s in f]
+        written = prepare(args.root, args.cache, only, args.overwrite)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"cached {len(written)} scans in {args.cache}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
