@@ -24,6 +24,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check common projects tests benchmarks
+	$(VENV)/bin/mypy common
 
 demo: install
 	$(PY) -m common.demo

@@ -56,6 +56,6 @@ class ImagePanels(pl.Callback):
             return
         strip = panel_strip(outputs["panels"])
         for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):
-                experiment.add_image(f"val/panels/{dataloader_idx}_{batch_idx}", strip, trainer.global_step)
+            add_image = getattr(getattr(logger, "experiment", None), "add_image", None)
+            if add_image is not None:
+                add_image(f"val/panels/{dataloader_idx}_{batch_idx}", strip, trainer.global_step)

@@ -50,7 +50,7 @@ def count_networks(module: torch.nn.Module) -> dict[str, int]:
     each top-level child that holds parameters is one network.
     """
     if hasattr(module, "network_parameter_counts"):
-        return dict(module.network_parameter_counts())
+        return dict(module.network_parameter_counts())  # type: ignore[operator]
     counts = {name: sum(p.numel() for p in child.parameters()) for name, child in module.named_children()}
     return {name: n for name, n in counts.items() if n > 0}
 

@@ -32,14 +32,15 @@ class ConfiguredModule(pl.LightningModule):
         return [p for p in self.parameters() if p.requires_grad]
 
     def configure_optimizers(self) -> Any:
-        if self.hparams.optimizer is None:
+        hp = self.hparams
+        if hp["optimizer"] is None:
             raise ValueError("model.optimizer is not configured")
-        optimizer = instantiate(self.hparams.optimizer)(params=self.param_groups())
-        if self.hparams.scheduler is None:
+        optimizer = instantiate(hp["optimizer"])(params=self.param_groups())
+        if hp["scheduler"] is None:
             return optimizer
-        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor,
-                                                         "interval": self.hparams.scheduler_interval}}
+        scheduler = instantiate(hp["scheduler"])(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": hp["monitor"],
+                                                         "interval": hp["scheduler_interval"]}}
 
     def count_parameters(self) -> dict[str, int]:
         """Returns the trainable parameter count of each top-level sub-network."""

@@ -17,6 +17,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +106,7 @@ def _loggers(cfg: DictConfig, resuming: bool) -> list:
 def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list | None = None,
                   **overrides: Any) -> pl.Trainer:
     """Returns the Trainer of `cfg.trainer` with the project's callbacks, loggers and atomic checkpoints."""
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg.update(overrides)
+    trainer_cfg = {**OmegaConf.to_container(cfg.trainer, resolve=True), **overrides}  # type: ignore[dict-item]
     return instantiate(trainer_cfg, callbacks=callbacks or [], logger=loggers if loggers else False,
                        plugins=[AtomicCheckpointIO()], _convert_="all")
 
@@ -148,7 +148,7 @@ def _single_process_after_ddp(trainer: pl.Trainer) -> bool:
     return True
 
 
-def _scalars(metrics: dict) -> dict[str, float]:
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if hasattr(v, "__float__")}
 
 
@@ -169,7 +169,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg, callbacks, _loggers(cfg, resuming=ckpt_path is not None))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     results = _scalars(trainer.callback_metrics)
-    if cfg.get("test_after_fit", True) and not trainer.fast_dev_run:
+    if cfg.get("test_after_fit", True) and not getattr(trainer, "fast_dev_run", False):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
         if trainer.world_size > 1:
             if not _single_process_after_ddp(trainer):

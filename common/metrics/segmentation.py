@@ -221,4 +221,5 @@ def pooled_seg_scores(
     totals = np.zeros(3, dtype=np.int64)
     for pred, ref in zip(preds, refs, strict=True):
         totals += np.asarray(confusion_counts(pred, ref), dtype=np.int64)
-    return scores_from_counts(*(int(t) for t in totals), empty_score)
+    tp, fp, fn = (int(t) for t in totals)
+    return scores_from_counts(tp, fp, fn, empty_score)

@@ -108,6 +108,11 @@ class CaseSliceMetric(Metric):
     """
 
     full_state_update = False
+    # list states (tensors after a DDP sync), declared for type checkers
+    case_key: list[Tensor]
+    slice_index: list[Tensor]
+    stats: list[Tensor]
+    case_names: list[Tensor]
     is_differentiable = False
     higher_is_better: bool | None = None
     metric_names: tuple[str, ...] = ()
@@ -220,7 +225,7 @@ class CaseSliceMetric(Metric):
         all every value is NaN.
         """
         per_case: dict[str, dict[str, float]] = {}
-        totals = {name: [] for name in self.metric_names}
+        totals: dict[str, list[Tensor]] = {name: [] for name in self.metric_names}
         if len(self.case_key) > 0:
             names = self._case_names_by_key()
             keys, stats = self._deduplicated_rows()
