@@ -29,6 +29,8 @@ from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from common.checkpoint import module_from_checkpoint
+from common.cli import exit_on_data_error
 from common.errors import DataError
 from common.io.atomic import atomic_path, save_json
 
@@ -186,26 +188,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def load_module(cfg: DictConfig, ckpt_path: str | os.PathLike) -> pl.LightningModule:
-    """Returns `cfg.model` instantiated with the weights of `ckpt_path`.
-
-    Raises:
-        DataError: the checkpoint is missing, unreadable or does not fit the configured model.
-    """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise DataError(path, "checkpoint file not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a corrupt file
-        raise DataError(path, f"cannot read checkpoint ({type(err).__name__}: {err})") from err
-    if "state_dict" not in ckpt:
-        raise DataError(path, "not a Lightning checkpoint (no 'state_dict')")
-    module = instantiate(cfg.model, _recursive_=False)
-    try:
-        module.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise DataError(path, f"weights do not fit the configured model: {err}") from err
-    return module
+    """Returns `cfg.model` instantiated with the weights of `ckpt_path` (see `common.checkpoint`)."""
+    module, _ = module_from_checkpoint(ckpt_path, cfg.model)
+    return module  # type: ignore[return-value]
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -242,8 +227,4 @@ def entry(project: str, fn: Any = None, config_name: str = "train") -> Any:
 
 def cli(fn: Any, cfg: DictConfig) -> Any:
     """Runs `fn(cfg)`; a `DataError` becomes one line on stderr and exit code 2."""
-    try:
-        return fn(cfg)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    return exit_on_data_error(fn, cfg)
