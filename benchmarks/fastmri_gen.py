@@ -1,0 +1,181 @@
+"""stylish-fastmri benchmark: train-step and volume-inference speed at 320 x 320, and quality at 4x / 8x.
+
+    python -m benchmarks.fastmri_gen [--skip-speed] [--skip-quality] [--train-seconds 90] [--threads 2]
+
+Speed (rows of /work/shared/PERF.md): one generator + one discriminator step on a batch [8, 1, 320, 320] built
+from synthetic k-space of the real size (640 x 368), for the baseline in reference and fixed mode and for the
+generative model (fixed mode), fp32 and bf16 autocast (FFTs stay float32); inference of one 35-slice volume
+without gradients, in chunks of 7 slices. Quality: every model trained for the same wall-clock budget on
+synthetic 64 x 64 volumes with mixed 4x / 8x masks, then scored on held-out volumes with the official rules.
+Writes benchmarks/results/fastmri_gen.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+
+from benchmarks.harness import measure, print_table, write_results
+from common.run import CONF_ROOT, train
+from common.synthetic import knee_images, single_coil_kspace
+from projects.fastmri_gen.data import DataFidelity, SliceTransform, collate
+from projects.fastmri_gen.eval import evaluate
+from projects.fastmri_gen.prepare import write_synthetic_tree
+from projects.fastmri_gen.transforms import RandomMaskFunc
+
+
+def compose_cfg(name: str, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_ROOT / "fastmri_gen"), version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
+def full_size_batch(slices: int, fidelity: str) -> object:
+    """Return a collated batch of `slices` 320 x 320 slices (k-space 640 x 368) under the given fidelity."""
+    images = knee_images(seed=0, n_slices=slices, size=(320, 320))
+    kspace, target = single_coil_kspace(images, seed=0)
+    flags = {k: fidelity == "reference" for k in DataFidelity.__dataclass_fields__}
+    transform = SliceTransform(RandomMaskFunc([4]), training=False, fidelity=DataFidelity(**flags))
+    return collate([transform(kspace[i], target[i], (320, 320), "file1000000.h5", i, float(target.max()))
+                    for i in range(slices)])
+
+
+def build_module(model: str, fidelity: str):
+    cfg = compose_cfg("train", [f"model={model}", f"fidelity={fidelity}", "paths.output_dir=/tmp/unused"])
+    return instantiate(cfg.model, _recursive_=False)
+
+
+def step_fn(module, batch, bf16: bool):
+    """Return a closure doing one generator and one discriminator update."""
+    opt_g = torch.optim.Adam(module.net.parameters(), lr=2e-4)
+    opt_d = torch.optim.Adam(module.discriminator.parameters(), lr=2e-4, betas=(0.0, 0.999))
+    module.train()
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            total, _, pred = module.generator_loss(batch)
+        opt_g.zero_grad(set_to_none=True)
+        total.backward()
+        opt_g.step()
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            d_loss = module.discriminator_loss(batch, pred)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+
+    return step
+
+
+def volume_fn(module, volume, bf16: bool, chunk: int = 7):
+    """Return a closure reconstructing the whole volume without gradients, `chunk` slices at a time."""
+    module.eval()
+    pieces = [volume._replace(**{k: getattr(volume, k)[i:i + chunk] for k in volume._fields if k != "fname"},
+                              fname=volume.fname[i:i + chunk]) for i in range(0, len(volume.fname), chunk)]
+
+    @torch.no_grad()
+    def infer() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            for piece in pieces:
+                module.reconstruct(piece)
+
+    return infer
+
+
+def speed_rows(repeat: int) -> list[dict]:
+    rows = []
+    batches = {f: full_size_batch(8, f) for f in ("reference", "fixed")}
+    cases = [("baseline", "reference"), ("baseline", "fixed"), ("generative", "fixed")]
+    for model, fidelity in cases:
+        module = build_module(model, fidelity)
+        for bf16 in (False, True):
+            timing = measure(step_fn(module, batches[fidelity], bf16), repeat=repeat, warmup=1)
+            target = 14.6 if model == "generative" else 7.2
+            rows.append({"measure": f"{model} train step [8,1,320,320] L1+GAN", "mode": fidelity,
+                         "precision": "bf16" if bf16 else "fp32", "seconds": timing["median_s"],
+                         "target_s": target, "peak_rss_mb": timing["peak_rss_mb"]})
+            print(rows[-1], flush=True)
+    volume = full_size_batch(35, "fixed")
+    for fidelity in ("reference", "fixed"):
+        module = build_module("baseline", fidelity)
+        data = volume if fidelity == "fixed" else full_size_batch(35, "reference")
+        for bf16 in (False, True):
+            timing = measure(volume_fn(module, data, bf16), repeat=repeat, warmup=1)
+            rows.append({"measure": "baseline inference, 35 slices 320x320", "mode": fidelity,
+                         "precision": "bf16" if bf16 else "fp32", "seconds": timing["median_s"], "target_s": 3.5,
+                         "peak_rss_mb": timing["peak_rss_mb"]})
+            print(rows[-1], flush=True)
+    return rows
+
+
+QUALITY_MODELS = [("zero-filled", "zero_filled", "fixed"), ("fastMRI U-Net (8 ch)", "unet_small", "fixed"),
+                  ("baseline, reference mode", "baseline_small", "reference"),
+                  ("baseline, fixed mode", "baseline_small", "fixed"),
+                  ("generative, fixed mode", "generative_small", "fixed")]
+
+
+def quality_rows(root: Path, train_seconds: int) -> list[dict]:
+    data = write_synthetic_tree(root / "data", train_volumes=12, val_volumes=3, holdout_volumes=4, slices=8,
+                                size=64, seed=100)
+    common = ["experiment=demo", f"data.data_dir={data}", "data.cache_dir=null", "data.accelerations=[4,8]",
+              "logger=none", "callbacks=minimal"]
+    rows = []
+    for label, model, fidelity in QUALITY_MODELS:
+        overrides = [*common, f"model={model}", f"fidelity={fidelity}"]
+        run_dir = root / model / fidelity
+        ckpt = []
+        if model != "zero_filled":
+            cfg = compose_cfg("train", [*overrides, f"paths.output_dir={run_dir}", "test_after_fit=false",
+                                        "trainer.max_epochs=1000", f"+trainer.max_time={{seconds: {train_seconds}}}"])
+            train(cfg)
+            ckpt = [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"]
+        cfg = compose_cfg("eval", [*overrides, *ckpt, "eval.split=singlecoil_holdout", "eval.accelerations=[4,8]",
+                                   f"paths.output_dir={run_dir / 'eval'}"])
+        results = evaluate(cfg)
+        for acc in ("x4", "x8"):
+            mean = results[acc]["mean"]
+            rows.append({"model": label, "acceleration": acc, "nmse": mean["nmse"], "psnr": mean["psnr"],
+                         "ssim": mean["ssim"], "volumes": len(results[acc]["cases"]),
+                         "train_s": 0 if model == "zero_filled" else train_seconds})
+        print(rows[-2], rows[-1], flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--train-seconds", type=int, default=90, help="wall-clock training budget per model")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="threads for the 320 x 320 speed rows")
+    args = parser.parse_args(argv)
+    speed, quality = [], []
+    load = os.getloadavg()
+    if not args.skip_speed:
+        torch.set_num_threads(args.threads)
+        speed = speed_rows(args.repeat)
+        print_table(speed, f"speed ({args.threads} threads, load average {load[0]:.1f})")
+    if not args.skip_quality:
+        torch.set_num_threads(1)
+        with tempfile.TemporaryDirectory() as scratch:
+            quality = quality_rows(Path(scratch), args.train_seconds)
+        print_table(quality, "quality on held-out synthetic volumes (official fastMRI metrics)")
+    if speed:
+        print_table(speed, f"speed ({args.threads} threads, load average at start {load[0]:.1f})")
+    path = write_results("fastmri_gen", speed + quality, speed=speed, quality=quality,
+                         load_average_at_start=list(load), threads=args.threads,
+                         numpy=np.__version__)
+    print(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
