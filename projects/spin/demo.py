@@ -1,0 +1,118 @@
+"""`python -m projects.spin.demo --out outputs/demo/spin`: SPiN on synthetic brains against an intensity threshold.
+
+Writes synthetic scans in the ATLAS layout, trains ``experiment=demo`` (a reduced-width SPiN), then scores the
+held-out scans with the paper's protocols next to a classical baseline (a hypointensity threshold inside an
+eroded brain mask, both thresholds tuned on the training scans), predicts one held-out scan to a NIfTI file and
+writes ``<out>/result.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+from scipy import ndimage
+
+from common.io.atomic import save_json
+from common.io.cache import VolumeCache
+from common.run import CONF_ROOT, load_module, train
+from projects.spin.eval import score_masks
+from projects.spin.predict import logits_function, predict_volume, segment_nifti
+from projects.spin.prepare import volume_xyz
+from projects.spin.splits import load_split
+
+
+def compose_demo(out: Path, overrides: list[str] | None = None) -> DictConfig:
+    """Returns the composed ``experiment=demo`` config with its data and run folder under ``out``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_ROOT / "spin"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=demo", f"data.root={out / 'data'}",
+                                          f"paths.output_dir={out / 'run'}", "test_after_fit=false",
+                                          *(overrides or [])], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def threshold_mask(t1: np.ndarray, level: float, brain_level: float = 5.0, erosion: int = 3) -> np.ndarray:
+    """Returns the classical baseline's mask: voxels darker than ``level`` inside the eroded, hole-filled brain."""
+    brain = ndimage.binary_fill_holes(t1 > brain_level)
+    brain = ndimage.binary_erosion(brain, iterations=erosion)
+    return (brain & (t1 < level)).astype(np.uint8)
+
+
+def tune_threshold(cache: VolumeCache, scan_ids: list[str]) -> dict[str, float]:
+    """Returns the baseline parameters with the best mean Dice over the training scans (grid search)."""
+    best: dict[str, float] = {"dice": -1.0}
+    for level, erosion in itertools.product(range(14, 62, 3), (2, 3, 5)):
+        def predict(scan: str, level: float = level, erosion: int = erosion) -> np.ndarray:
+            return threshold_mask(np.asarray(volume_xyz(cache, scan, "t1")), level, erosion=erosion)
+
+        dice = score_masks(predict, cache, scan_ids)["mean"]["dice"]
+        if dice > best["dice"]:
+            best = {"dice": dice, "level": float(level), "erosion": float(erosion)}
+    return best
+
+
+def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Trains, evaluates and predicts as described in the module docstring; returns the result dict."""
+    cfg = compose_demo(out, overrides)
+    start = time.perf_counter()
+    train(cfg)
+    train_seconds = time.perf_counter() - start
+    data_root = Path(cfg.data.root)
+    cache = VolumeCache(data_root / "cache")
+    split = load_split(data_root / "split.json")
+    ckpt = out / "run" / "checkpoints" / "best.ckpt"
+    module = load_module(cfg, ckpt if ckpt.exists() else out / "run" / "checkpoints" / "last.ckpt").eval()
+    logits_fn = logits_function(module)
+
+    def predict(scan: str) -> np.ndarray:
+        return predict_volume(logits_fn, np.asarray(volume_xyz(cache, scan, "t1")), int(cfg.data.n_chunk))
+
+    model_scores = score_masks(predict, cache, split["test"])
+    tuned = tune_threshold(cache, split["train"])
+    baseline_scores = score_masks(
+        lambda s: threshold_mask(np.asarray(volume_xyz(cache, s, "t1")), tuned["level"],
+                                 erosion=int(tuned["erosion"])), cache, split["test"])
+    scan = split["test"][0]
+    source = data_root / "raw" / scan[:5] / scan / f"{scan}_t1w_stx.nii.gz"
+    prediction = segment_nifti(logits_fn, source, out / "pred" / f"{scan}_lesion.nii.gz", int(cfg.data.n_chunk))
+    result = {"project": "spin", "task": "stroke-lesion segmentation", "metric": "dice", "higher_is_better": True,
+              "model": "SPiN (reduced width)", "model_value": model_scores["mean"]["dice"],
+              "baseline": "intensity threshold tuned on the training scans",
+              "baseline_value": baseline_scores["mean"]["dice"], "n_cases": len(split["test"]),
+              "prediction": str(prediction), "train_seconds": round(train_seconds, 1),
+              "small_lesion_dice": {"model": model_scores["small_lesion"]["dice"],
+                                    "baseline": baseline_scores["small_lesion"]["dice"],
+                                    "n_slices": model_scores["n_small_slices"]},
+              "model_scores": model_scores["mean"], "baseline_scores": baseline_scores["mean"],
+              "baseline_params": tuned}
+    save_json(out / "result.json", result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="outputs/demo/spin", help="output folder")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. trainer.max_epochs=5")
+    args = parser.parse_args(argv)
+    result = run_demo(Path(args.out).resolve(), args.overrides)
+    print(f"SPiN Dice {result['model_value']:.3f} vs threshold {result['baseline_value']:.3f} on "
+          f"{result['n_cases']} held-out scans (small-lesion slices: {result['small_lesion_dice']['model']:.3f} vs "
+          f"{result['small_lesion_dice']['baseline']:.3f}); trained in {result['train_seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
