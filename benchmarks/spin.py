@@ -15,6 +15,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,26 @@ UNET_SMALL = ["model=unet", "data.n_chunk=1", "model.net.encoder_widths=[16,24,3
               "model.net.decoder_widths=[48,32,24,16,8]"]
 
 
+def _train_step(bf16: bool, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.nn.Module, Callable[[], None]]:
+    """Returns (the paper-size SPiN, one BCE + Adam step on (x, y)) in fp32 or bf16 autocast + channels_last."""
+    model = SPiN()
+    if bf16:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([1.5]))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)["logits"]
+        loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return model, step
+
+
 def speed_rows(repeat: int) -> list[dict]:
     """Returns train-step and whole-scan rows of the paper-size SPiN in fp32 and bf16 + channels_last."""
     rows = []
@@ -42,23 +63,8 @@ def speed_rows(repeat: int) -> list[dict]:
     x = torch.randn(8, 5, 197, 233)
     y = (torch.rand(8, 1, 197, 233) > 0.97).float()
     scan = np.random.default_rng(0).uniform(0, 100, (197, 233, 189)).astype(np.float32)
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([1.5]))
     for bf16 in (False, True):
-        model = SPiN()
-        inputs = x
-        if bf16:
-            model = model.to(memory_format=torch.channels_last)
-            inputs = x.contiguous(memory_format=torch.channels_last)
-        optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
-
-        def step() -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                logits = model(inputs)["logits"]
-            loss = loss_fn(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
+        model, step = _train_step(bf16, x, y)
         label = "bf16-mixed + channels_last" if bf16 else "fp32"
         timing = measure(step, repeat=repeat, warmup=1)
         rows.append({"row": f"train step [8,5,197,233], {label}", "seconds": timing["median_s"],
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
               {"row": "U-Net baseline (VGG-13 encoder)", "params": count_parameters(UNet())}]
     print_table(params, "Parameters")
     speed = speed_rows(repeat=2 if args.quick else 3)
-    print_table(speed, "Speed (median wall time, torch threads = %d)" % torch.get_num_threads())
+    print_table(speed, f"Speed (median wall time, torch threads = {torch.get_num_threads()})")
     quality = quality_rows(epochs=6 if args.quick else 40, n_train=8 if args.quick else 16)
     print_table(quality, "Quality on held-out synthetic scans (Dice per scan then mean; small = pooled slices)")
     path = write_results("spin", [*params, *speed, *quality])
