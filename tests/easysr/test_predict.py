@@ -156,3 +156,22 @@ def test_command_line_2d_input_exits_2_without_output(tmp_path, weights):
     assert done.returncode == 2
     assert "slice2d.nii.gz" in done.stderr and "Traceback" not in done.stderr
     assert not bad_out.exists()
+
+
+def test_generator_from_a_training_checkpoint_uses_its_own_config(tmp_path):
+    from projects.easysr.predict import load_generator
+
+    gen = EasySRGenerator(width=4, n_res=1, input_skip="linear")
+    ckpt = {"state_dict": {**{f"generator.{k}": v for k, v in gen.state_dict().items()},
+                           "discriminator.fc.bias": torch.zeros(1)},
+            "run_config": {"model": {"generator": {"_target_": "projects.easysr.model.EasySRGenerator", "width": 4,
+                                                   "n_res": 1, "input_skip": "linear", "scale": 3}}}}
+    path = tmp_path / "best.ckpt"
+    torch.save(ckpt, path)
+    loaded = load_generator(OmegaConf.create({"ckpt_path": str(path), "weights": None, "model": {"generator": {}}}))
+    assert loaded.input_skip == "linear" and not loaded.training
+    torch.testing.assert_close(loaded.conv3.weight, gen.conv3.weight)
+    with pytest.raises(DataError, match="do not fit"):
+        torch.save({"conv3.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+        load_generator(OmegaConf.create({"ckpt_path": None, "weights": str(tmp_path / "bad.pth"),
+                                         "model": {"generator": {"_target_": "projects.easysr.model.EasySRGenerator"}}}))
