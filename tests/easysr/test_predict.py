@@ -107,13 +107,14 @@ def _cfg(tmp_path: Path, src: Path, weights: Path):
     return OmegaConf.create({"input": str(src), "output": str(tmp_path / "sr.nii.gz"), "ckpt_path": None,
                              "weights": str(weights), "axis": None, "patch": [64, 32, 64], "overlap": 0.25,
                              "intensity": "input", "target_spacing": None, "precision": "32",
-                             "model": {"generator": {"_target_": "projects.easysr.model.EasySRGenerator"}}})
+                             "model": {"generator": {"_target_": "projects.easysr.model.EasySRGenerator",
+                                                     "width": 2, "n_res": 1}}})
 
 
 @pytest.fixture
 def weights(tmp_path) -> Path:
     path = tmp_path / "G_latest_T1.pth"
-    torch.save(replicating_generator().state_dict(), path)
+    torch.save(replicating_generator(width=2, n_res=1).state_dict(), path)
     return path
 
 
@@ -151,7 +152,8 @@ def test_command_line_2d_input_exits_2_without_output(tmp_path, weights):
     nib.save(nib.Nifti1Image(np.ones((8, 8), np.float32), np.eye(4)), flat)
     bad_out = tmp_path / "bad.nii.gz"
     done = subprocess.run([sys.executable, str(REPO / "projects/easysr/predict.py"), f"input={flat}",
-                           f"output={bad_out}", f"weights={weights}"], cwd=REPO, capture_output=True, text=True,
+                           f"output={bad_out}", f"weights={weights}", "model.generator.width=2",
+                           "model.generator.n_res=1"], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2
     assert "slice2d.nii.gz" in done.stderr and "Traceback" not in done.stderr
