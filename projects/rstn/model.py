@@ -318,6 +318,32 @@ class RSTN(nn.Module):
         prob = self._fine(x * self.saliency(score), mask, as_margins(margin))
         return prob.masked_fill(empty.view(-1, 1, 1, 1), 0.0) if bool(empty.any()) else prob
 
+    def forward_fine_each(self, x: Tensor, score: Tensor, mask: Tensor, margin: int | Sequence[int] = 20) -> Tensor:
+        """Returns fine probabilities [N, C, H, W] with each sample cropped to its own box (batched inference).
+
+        The crops are zero-padded at the bottom and right to a common size and run as one batch; the input of
+        every sample's box is the same as in `forward_fine` with N = 1, so only the far context beyond the
+        network's 100-pixel zero padding can differ (none when all boxes have the same size).
+        """
+        margins = as_margins(margin)
+        boxes = [crop_box(mask[n:n + 1], margins) if bool(mask[n].any()) else None for n in range(x.shape[0])]
+        kept = [n for n, box in enumerate(boxes) if box is not None]
+        out = torch.zeros_like(x)
+        if not kept:
+            return out
+        weighted = x[kept] * self.saliency(score[kept])
+        rows = max(boxes[n][1] - boxes[n][0] for n in kept)  # type: ignore[index]
+        cols = max(boxes[n][3] - boxes[n][2] for n in kept)  # type: ignore[index]
+        crops = weighted.new_zeros(len(kept), x.shape[1], rows, cols)
+        for i, n in enumerate(kept):
+            y0, y1, x0, x1 = boxes[n]  # type: ignore[misc]
+            crops[i, :, :y1 - y0, :x1 - x0] = weighted[i, :, y0:y1, x0:x1]
+        prob = torch.sigmoid(self.fine_model(crops))
+        for i, n in enumerate(kept):
+            y0, y1, x0, x1 = boxes[n]  # type: ignore[misc]
+            out[n, :, y0:y1, x0:x1] = prob[i, :, :y1 - y0, :x1 - x0]
+        return out
+
     def forward_oracle(self, x: Tensor, y: Tensor, margin: int = 20) -> Tensor:
         """Returns fine probabilities with the saliency of the coarse output and the box of the labels `y`."""
         return self.forward_fine(x, self.forward_coarse(x), y >= 0.5, margin)

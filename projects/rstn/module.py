@@ -51,17 +51,21 @@ class RSTNModule(ConfiguredModule):
         coarse_weight: weight of the coarse Dice loss (the fine loss gets 1 - coarse_weight).
         vgg16_weights: optional path of a torchvision VGG16 state dict to initialise both FCN trunks.
         mode: the starting mode (the `ModeSchedule` callback sets it every epoch).
+        channels_last: run the convolutions in channels-last memory format (same results, faster on CPU).
     """
 
     def __init__(self, net: DictConfig | dict, optimizer: DictConfig | dict | None = None,
                  scheduler: DictConfig | dict | None = None, lr_multipliers: tuple[float, ...] = (1, 2, 10, 20),
                  margin: int = 20, margin_jitter_prob: float = 0.5, coarse_weight: float = 1 / 3,
-                 vgg16_weights: str | None = None, mode: str = "S", **kwargs: Any) -> None:
+                 vgg16_weights: str | None = None, mode: str = "S", channels_last: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, **kwargs)
         self.net: RSTN
         if vgg16_weights:
             self.net.load_vgg16(load_vgg16_file(vgg16_weights))
         self.mode = mode
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
         self.metrics = torch.nn.ModuleDict({k: SegmentationVolumeMetric(empty_score=0.0) for k in ("coarse", "fine")})
 
     def param_groups(self) -> list[dict[str, Any]]:
@@ -77,6 +81,11 @@ class RSTNModule(ConfiguredModule):
         mult = self.hparams.lr_multipliers
         return [{"params": groups[key], "lr": base * m, "weight_decay": 0.0 if key.endswith("_b") else decay,
                  "name": key} for key, m in zip(("coarse_w", "coarse_b", "fine_w", "fine_b"), mult, strict=True)]
+
+    def on_before_batch_transfer(self, batch: SliceSample, dataloader_idx: int) -> SliceSample:
+        if self.hparams.channels_last:
+            batch = batch._replace(image=batch.image.contiguous(memory_format=torch.channels_last))
+        return batch
 
     def training_step(self, batch: SliceSample, batch_idx: int) -> Tensor:
         margins = sample_margins(self.hparams.margin, self.hparams.margin_jitter_prob)

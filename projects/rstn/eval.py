@@ -1,0 +1,170 @@
+"""The RSTN test chain on one fold: `python projects/rstn/eval.py experiment=nih_pancreas fold=0`.
+
+Stages (`eval.stages`, in this order): coarse testing per plane, fusion of the planes (mean >= 0.5), oracle
+testing (fine stage in the ground-truth box), coarse-to-fine iteration. Each stage writes its masks as NIfTI
+on the CT grid (`<out_dir>/<stage>/<case>.nii.gz`) and its per-case DSC (`<out_dir>/<stage>_dsc.json`);
+`<out_dir>/summary.json` holds mean / std / min / max per stage, printed beside the paper's figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from common.errors import DataError  # noqa: E402
+from common.io.atomic import save_json  # noqa: E402
+from common.io.cache import VolumeCache  # noqa: E402
+from common.io.nifti import save_nifti  # noqa: E402
+from common.run import entry  # noqa: E402
+from projects.rstn.data import load_split  # noqa: E402
+from projects.rstn.inference import (  # noqa: E402
+    average_triplets,
+    coarse_to_fine,
+    dsc,
+    keep_large_components,
+    oracle_plane,
+    predict_plane,
+)
+from projects.rstn.model import RSTN  # noqa: E402
+from projects.rstn.prepare import to_source_layout  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# Fold 0 of the reference PyTorch port (logs/FD0_*) and the paper's 4-fold result, DSC %.
+PAPER = {"coarse_X": "70.60 (fold 0)", "coarse_Y": "70.72 (fold 0)", "coarse_Z": "70.43 (fold 0)",
+         "fusion": "75.25 (fold 0, F2)", "oracle": "-", "coarse2fine": "84.62 (fold 0); 84.50 +/- 4.97, "
+         "min 62.81, max 91.02 (paper, 4 folds)"}
+__all__ = ["average_triplets", "evaluate_rstn", "load_plane_model"]
+
+
+def load_plane_model(path: str | Path, fallback_model: DictConfig | None = None) -> RSTN:
+    """Returns the RSTN of a training checkpoint (built from the config stored in it), in eval mode.
+
+    Raises:
+        DataError: the checkpoint is missing, unreadable or does not fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "checkpoint not found (train this plane first, or set checkpoints.<plane>=PATH)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise DataError(path, f"cannot read checkpoint ({type(err).__name__}: {err})") from err
+    model_cfg = (ckpt.get("run_config") or {}).get("model") or fallback_model
+    if model_cfg is None or "state_dict" not in ckpt:
+        raise DataError(path, "not an RSTN training checkpoint (no state_dict or model config)")
+    net = instantiate(OmegaConf.create(model_cfg)["net"])
+    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise DataError(path, f"weights do not fit the RSTN of its config: {err}") from err
+    return net.eval()
+
+
+def _write_mask(out_dir: Path, stage: str, case_id: str, mask: np.ndarray, affine: np.ndarray | None) -> None:
+    if affine is None:
+        raise DataError(case_id, "the cache holds no affine for this case")
+    data, source_affine = to_source_layout(mask.astype(np.uint8), affine)
+    save_nifti(out_dir / stage / f"{case_id}.nii.gz", data, source_affine)
+
+
+def evaluate_case(image: np.ndarray, label: np.ndarray, models: dict[str, RSTN], ev: DictConfig
+                  ) -> tuple[dict[str, float], dict[str, np.ndarray], dict[str, Any]]:
+    """Runs the configured stages on one volume; returns (DSC per stage, mask per stage, C2F details)."""
+    stages = list(ev.stages)
+    scores: dict[str, float] = {}
+    masks: dict[str, np.ndarray] = {}
+    details: dict[str, Any] = {}
+    with torch.no_grad():
+        coarse = {p: predict_plane(image, p, m, ev.batch_size, str(ev.precision)) for p, m in models.items()}
+    if "coarse" in stages:
+        for plane, prob in coarse.items():
+            masks[f"coarse_{plane}"] = (prob >= 0.5).astype(np.uint8)
+    if "fusion" in stages:
+        fused = np.sum(list(coarse.values()), axis=0)
+        masks["fusion"] = (fused / len(coarse) >= ev.threshold).astype(np.uint8)
+        for name, t in (("F1", 0.5), ("F2", 1.5), ("F3", 2.5)):
+            details[f"fusion_{name}"] = dsc(fused >= t, label) if len(coarse) == 3 else None
+        masks["fusion_post"] = keep_large_components(masks["fusion"], ev.post_ratio)
+    if "oracle" in stages:
+        with torch.no_grad():
+            oracle = [oracle_plane(image, label, p, m, ev.margin, str(ev.precision), ev.fine_batch_size)
+                      for p, m in models.items()]
+        masks["oracle"] = keep_large_components(np.mean(oracle, axis=0) >= ev.threshold, ev.post_ratio)
+    if "coarse2fine" in stages:
+        c2f = coarse_to_fine(image, models, coarse, ev.max_rounds, ev.stop_inter_dsc, ev.threshold, ev.margin,
+                             ev.post_ratio, label, str(ev.precision), ev.fine_batch_size)
+        masks["coarse2fine"] = c2f.mask
+        details.update(rounds=c2f.rounds, inter_dsc=c2f.inter_dsc, round_dsc=c2f.dsc)
+    scores = {name: dsc(mask, label) for name, mask in masks.items()}
+    return scores, masks, details
+
+
+def summary(per_case: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Returns {stage: {mean, std, min, max, n}} of per-case DSC (fractions)."""
+    stages = sorted({s for scores in per_case.values() for s in scores})
+    out = {}
+    for stage in stages:
+        values = np.array([scores[stage] for scores in per_case.values() if stage in scores])
+        out[stage] = {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
+                      "max": float(values.max()), "n": int(values.size)}
+    return out
+
+
+def format_table(stats: dict[str, dict[str, float]]) -> str:
+    """Returns the summary as a text table in DSC %, with the paper's figures."""
+    lines = [f"{'stage':<14} {'mean +/- std':>16} {'min':>7} {'max':>7}   paper / reference",
+             "-" * 90]
+    for stage, s in stats.items():
+        lines.append(f"{stage:<14} {100 * s['mean']:7.2f} +/- {100 * s['std']:5.2f} {100 * s['min']:7.2f} "
+                     f"{100 * s['max']:7.2f}   {PAPER.get(stage, '')}")
+    return "\n".join(lines)
+
+
+def evaluate_rstn(cfg: DictConfig) -> dict[str, Any]:
+    """Runs the test chain of `cfg.eval` on the fold's cases; writes masks, per-case DSC and the summary."""
+    ev = cfg.eval
+    if ev.get("threads"):
+        torch.set_num_threads(int(ev.threads))
+    models = {p: load_plane_model(cfg.checkpoints[p], cfg.model) for p in ev.planes}
+    if ev.channels_last:
+        models = {p: m.to(memory_format=torch.channels_last) for p, m in models.items()}
+    train, test = load_split(cfg.data.split_file, cfg.fold)
+    cases = {"test": test, "train": train}.get(ev.split)
+    if cases is None:
+        raise DataError(None, f"eval.split must be test or train, got {ev.split!r}")
+    cache = VolumeCache(cfg.data.cache_dir)
+    out_dir = Path(ev.out_dir)
+    per_case: dict[str, dict[str, float]] = {}
+    details: dict[str, Any] = {}
+    for case_id in cases:
+        start = time.perf_counter()
+        image = np.asarray(cache.load(case_id, "image"), dtype=np.float32)
+        label = np.asarray(cache.load(case_id, "label")) > 0
+        scores, masks, info = evaluate_case(image, label, models, ev)
+        if ev.write_masks:
+            for stage, mask in masks.items():
+                _write_mask(out_dir, stage, case_id, mask, cache.affine(case_id))
+        per_case[case_id], details[case_id] = scores, {**info, "seconds": time.perf_counter() - start}
+        log.info("%s: %s", case_id, {k: round(v, 4) for k, v in scores.items()})
+    for stage in sorted({s for scores in per_case.values() for s in scores}):
+        save_json(out_dir / f"{stage}_dsc.json", {c: s[stage] for c, s in per_case.items() if stage in s})
+    stats = summary(per_case)
+    save_json(out_dir / "summary.json", {"fold": cfg.fold, "split": ev.split, "stages": stats, "cases": details})
+    print(f"RSTN fold {cfg.fold}, {len(cases)} {ev.split} cases (DSC %)\n{format_table(stats)}")
+    return {"stages": stats, "cases": details}
+
+
+if __name__ == "__main__":
+    entry("rstn", evaluate_rstn, config_name="eval")()

@@ -1,0 +1,123 @@
+"""Configs, the mode schedule, learning-rate groups, fast_dev_run of the experiments, the whole test chain."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from common.io.cache import VolumeCache
+from common.run import CONF_ROOT
+from projects.rstn.eval import evaluate_rstn
+from projects.rstn.model import RSTN
+from projects.rstn.module import ModeSchedule
+from projects.rstn.prepare import to_source_layout, write_split
+from projects.rstn.train import train_planes
+
+EXPERIMENTS = ("demo", "nih_pancreas", "msd_pancreas")
+
+
+def _compose(config: str, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_ROOT / "rstn"), version_base="1.3"):
+        return compose(config, overrides=overrides)
+
+
+@pytest.mark.parametrize("config", ["train", "eval"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(config: str, experiment: str, tmp_path) -> None:
+    cfg = _compose(config, [f"experiment={experiment}", f"paths.output_dir={tmp_path}", "fold=2"])
+    assert cfg.data.fold == 2 and cfg.callbacks.rstn_modes.epochs_s >= 1
+    if experiment != "demo":
+        assert cfg.model.net.width == 1.0 and cfg.trainer.max_epochs == 16
+        assert cfg.model.optimizer.momentum == 0.99 and list(cfg.model.lr_multipliers) == [1, 2, 10, 20]
+    if config == "eval":
+        assert cfg.eval.max_rounds == 10 and cfg.eval.stop_inter_dsc == 0.99
+        assert str(cfg.checkpoints.Z).endswith(f"{experiment}_fd2/Z/checkpoints/last.ckpt")
+
+
+def test_mode_schedule_and_j_decay() -> None:
+    schedule = ModeSchedule(2, 6, 8, 0.5, 2)
+    modes = [schedule.mode_at(e)[0] for e in range(16)]
+    assert modes == ["S"] * 2 + ["I"] * 6 + ["J"] * 8
+    assert [schedule.lr_factor(e) for e in (0, 7, 8, 9, 10, 12, 15)] == [1, 1, 1, 1, 0.5, 0.25, 0.125]
+
+
+def test_four_learning_rate_groups(tmp_path) -> None:
+    cfg = _compose("train", ["experiment=demo", f"paths.output_dir={tmp_path}", "model.lr_multipliers=[1,2,10,20]"])
+    module = instantiate(cfg.model, _recursive_=False)
+    groups = module.param_groups()
+    lr = cfg.model.optimizer.lr
+    assert [g["lr"] for g in groups] == pytest.approx([lr, 2 * lr, 10 * lr, 20 * lr])
+    assert groups[0]["weight_decay"] == groups[2]["weight_decay"] == cfg.model.optimizer.weight_decay > 0
+    assert groups[1]["weight_decay"] == 0.0 and groups[3]["weight_decay"] == 0.0
+    n_trainable = sum(p.numel() for g in groups for p in g["params"])
+    assert n_trainable == sum(p.numel() for p in module.net.parameters() if p.requires_grad)
+    names = {id(p): n for n, p in module.net.named_parameters()}
+    assert all(names[id(p)].startswith("coarse_model.") for p in groups[0]["params"])
+    assert any(names[id(p)].startswith("saliency") for p in groups[2]["params"])
+
+
+def _run_fdr(experiment: str, cache, tmp_path, extra: list[str]) -> dict:
+    cfg = _compose("train", [f"experiment={experiment}", "debug=fdr", "logger=none", "callbacks=minimal",
+                             f"paths.output_dir={tmp_path}", f"data.cache_dir={cache}",
+                             f"data.split_file={cache}/splits.json", "data.synthetic=null", "data.num_workers=0",
+                             "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", *extra])
+    return train_planes(cfg)
+
+
+def test_demo_experiment_fast_dev_run_every_plane(synthetic_cache, tmp_path) -> None:
+    results = _run_fdr("demo", synthetic_cache, tmp_path, ["plane=A"])
+    for plane in "XYZ":
+        assert 0 <= results[f"{plane}/train/loss"] <= 1
+        assert (tmp_path / plane).is_dir()
+
+
+def test_paper_experiment_fast_dev_run_at_reduced_width(synthetic_cache, tmp_path) -> None:
+    results = _run_fdr("nih_pancreas", synthetic_cache, tmp_path, ["plane=Y", "model.net.width=0.0625"])
+    assert 0 <= results["Y/train/loss"] <= 1 and "Y/val/dice" in results
+
+
+def _checkpoint(path, model_cfg, seed: int) -> None:
+    torch.manual_seed(seed)
+    net = RSTN(width=0.0625, dropout=0.0)
+    with torch.no_grad():
+        for conv in net.modules():
+            if isinstance(conv, torch.nn.Conv2d):
+                conv.weight.normal_(0, 0.05)
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                "run_config": {"model": OmegaConf.to_container(model_cfg, resolve=True)}}, path)
+
+
+def test_the_whole_test_chain_on_two_cases(synthetic_cache, tmp_path) -> None:
+    cache = VolumeCache(synthetic_cache)
+    split = tmp_path / "split.json"
+    write_split(split, [["synth000", "synth001"], ["synth002"]], "test")
+    out = tmp_path / "eval"
+    overrides = ["experiment=demo", f"paths.output_dir={tmp_path}", f"data.cache_dir={synthetic_cache}",
+                 f"data.split_file={split}", "eval.max_rounds=2", "eval.fine_batch_size=4", f"eval.out_dir={out}"]
+    overrides += [f"checkpoints.{p}={tmp_path}/{p}/last.ckpt" for p in "XYZ"]
+    cfg = _compose("eval", overrides)
+    for i, plane in enumerate("XYZ"):
+        _checkpoint(tmp_path / plane / "last.ckpt", cfg.model, i)
+    result = evaluate_rstn(cfg)
+    stages = result["stages"]
+    for stage in ("coarse_X", "coarse_Y", "coarse_Z", "fusion", "oracle", "coarse2fine"):
+        assert stages[stage]["n"] == 2 and 0 <= stages[stage]["min"] <= stages[stage]["max"] <= 1
+        per_case = json.loads((out / f"{stage}_dsc.json").read_text())
+        assert set(per_case) == {"synth000", "synth001"}
+    for case in ("synth000", "synth001"):
+        assert 1 <= result["cases"][case]["rounds"] <= 2
+        written = nib.load(out / "coarse2fine" / f"{case}.nii.gz")
+        data, affine = to_source_layout(np.asarray(cache.load(case, "label")), cache.affine(case))
+        assert written.shape == data.shape and np.allclose(written.affine, affine, atol=1e-5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stages"]["fusion"]["mean"] == pytest.approx(stages["fusion"]["mean"])
