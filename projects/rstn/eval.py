@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from common.checkpoint import module_from_checkpoint, read_checkpoint  # noqa: E402
 from common.errors import DataError  # noqa: E402
 from common.io.atomic import save_json  # noqa: E402
 from common.io.cache import VolumeCache  # noqa: E402
@@ -53,23 +53,9 @@ def load_plane_model(path: str | Path, fallback_model: DictConfig | None = None)
     Raises:
         DataError: the checkpoint is missing, unreadable or does not fit.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "checkpoint not found (train this plane first, or set checkpoints.<plane>=PATH)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a corrupt file
-        raise DataError(path, f"cannot read checkpoint ({type(err).__name__}: {err})") from err
-    model_cfg = (ckpt.get("run_config") or {}).get("model") or fallback_model
-    if model_cfg is None or "state_dict" not in ckpt:
-        raise DataError(path, "not an RSTN training checkpoint (no state_dict or model config)")
-    net = instantiate(OmegaConf.create(model_cfg)["net"])
-    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        raise DataError(path, f"weights do not fit the RSTN of its config: {err}") from err
-    return net.eval()
+    has_config = "model" in (read_checkpoint(path).get("run_config") or {})
+    module, _ = module_from_checkpoint(path, None if has_config else fallback_model)
+    return module.net.eval()
 
 
 def _write_mask(out_dir: Path, stage: str, case_id: str, mask: np.ndarray, affine: np.ndarray | None) -> None:

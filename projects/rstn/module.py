@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from common.checkpoint import read_checkpoint
 from common.errors import DataError
 from common.metrics import SegmentationVolumeMetric
 from common.module import ConfiguredModule
@@ -25,15 +26,9 @@ def load_vgg16_file(path: str | Path) -> dict[str, Tensor]:
     Raises:
         DataError: the file is missing or is not a state dict.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "VGG16 weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a corrupt file
-        raise DataError(path, f"cannot read VGG16 weights ({type(err).__name__}: {err})") from err
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict) or "features.0.weight" not in state:
+    state = read_checkpoint(path)
+    state = state.get("state_dict", state)
+    if "features.0.weight" not in state:
         raise DataError(path, "not a torchvision VGG16 state dict (no 'features.0.weight')")
     return state
 
@@ -82,12 +77,14 @@ class RSTNModule(ConfiguredModule):
         return [{"params": groups[key], "lr": base * m, "weight_decay": 0.0 if key.endswith("_b") else decay,
                  "name": key} for key, m in zip(("coarse_w", "coarse_b", "fine_w", "fine_b"), mult, strict=True)]
 
-    def on_before_batch_transfer(self, batch: SliceSample, dataloader_idx: int) -> SliceSample:
+    def _layout(self, batch: SliceSample) -> SliceSample:
+        """Returns the batch with its images in the network's memory format."""
         if self.hparams.channels_last:
-            batch = batch._replace(image=batch.image.contiguous(memory_format=torch.channels_last))
+            return batch._replace(image=batch.image.contiguous(memory_format=torch.channels_last))
         return batch
 
     def training_step(self, batch: SliceSample, batch_idx: int) -> Tensor:
+        batch = self._layout(batch)
         margins = sample_margins(self.hparams.margin, self.hparams.margin_jitter_prob)
         p_coarse, p_fine = self.net.forward_train(batch.image, batch.label, self.mode, margins)
         loss_coarse = soft_dice_loss(p_coarse, batch.label)
@@ -103,6 +100,7 @@ class RSTNModule(ConfiguredModule):
 
     def _evaluate(self, batch: SliceSample, stage: str) -> dict[str, Any]:
         """One round of coarse-to-fine on each slice triplet: coarse mask, then the fine stage in its box."""
+        batch = self._layout(batch)
         p_coarse = self.net.forward_coarse(batch.image)
         mask = p_coarse >= 0.5
         p_fine = self.net.forward_fine(batch.image, p_coarse, mask, self.hparams.margin)

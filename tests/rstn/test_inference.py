@@ -111,3 +111,30 @@ def test_coarse_to_fine_stop_rule(net: RSTN, monkeypatch: pytest.MonkeyPatch) ->
     capped = coarse_to_fine(np.zeros(label.shape, np.float32), {"Z": net}, coarse, max_rounds=2,
                             stop_inter_dsc=0.99, label=label)
     assert capped.rounds == 2
+
+
+def test_predict_keeps_the_grid_of_an_oblique_input(net: RSTN, tmp_path) -> None:
+    import nibabel as nib
+
+    from common.io.nifti import save_nifti
+    from projects.rstn.predict import main
+
+    angle = np.deg2rad(20)
+    affine = np.array([[0.8 * np.cos(angle), -0.8 * np.sin(angle), 0, -30], [0.8 * np.sin(angle), 0.8 * np.cos(angle), 0, 12],
+                       [0, 0, 2.5, 40], [0, 0, 0, 1]])
+    hu = np.random.default_rng(0).normal(40, 30, (14, 12, 6)).astype(np.float32)
+    save_nifti(tmp_path / "ct.nii.gz", hu, affine)
+    ckpt = tmp_path / "z.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                "run_config": {"model": {"_target_": "projects.rstn.module.RSTNModule",
+                                         "net": {"_target_": "projects.rstn.model.RSTN", "width": 0.0625},
+                                         "optimizer": None}}}, ckpt)
+    assert main(["--input", str(tmp_path / "ct.nii.gz"), "--output", str(tmp_path / "mask.nii.gz"),
+                 "--checkpoint", f"Z={ckpt}", "--max-rounds", "1"]) == 0
+    out = nib.load(tmp_path / "mask.nii.gz")
+    assert out.shape == hu.shape and np.allclose(out.affine, affine, atol=1e-5)
+    assert set(np.unique(np.asanyarray(out.dataobj))) <= {0, 1}
+    assert main(["--input", str(tmp_path / "missing.nii.gz"), "--output", str(tmp_path / "m.nii.gz"),
+                 "--checkpoint", f"Z={ckpt}"]) == 2
+    assert main(["--input", str(tmp_path / "ct.nii.gz"), "--output", str(tmp_path / "m.nii.gz"),
+                 "--checkpoint", f"Q={ckpt}"]) == 2

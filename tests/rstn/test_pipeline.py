@@ -51,7 +51,7 @@ def test_mode_schedule_and_j_decay() -> None:
 
 
 def test_four_learning_rate_groups(tmp_path) -> None:
-    cfg = _compose("train", ["experiment=demo", f"paths.output_dir={tmp_path}", "model.lr_multipliers=[1,2,10,20]"])
+    cfg = _compose("train", ["experiment=nih_pancreas", f"paths.output_dir={tmp_path}", "model.net.width=0.0625"])
     module = instantiate(cfg.model, _recursive_=False)
     groups = module.param_groups()
     lr = cfg.model.optimizer.lr

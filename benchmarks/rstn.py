@@ -1,0 +1,123 @@
+"""RSTN benchmark: `python -m benchmarks.rstn` (about 10-15 minutes on a 2-core CPU).
+
+Rows:
+- train step [1, 3, 512, 512], mode J, coarse + fine, paper width (268.6 M parameters), SGD: fp32 and bf16
+  (PERF.md target <= 9.4 s, the reference's step);
+- coarse stage of one plane (Z) of a 512 x 512 x 100 volume at paper width, batched slices, fp32 and bf16
+  (target <= 50 s; the reference, batch 1: 154 s);
+- quality on held-out synthetic cases (the demo's run: 1/16 width, trained minutes): coarse, fused, oracle
+  and coarse-to-fine DSC, rounds to convergence, coarse-to-fine time and peak memory per volume, and the
+  classical window rule on the same cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.harness import measure, print_table, write_results
+from projects.rstn.inference import coarse_to_fine, predict_plane
+from projects.rstn.model import RSTN, rstn_loss
+
+PAPER_STEP_S = 9.4
+PAPER_PLANE_S = 154.0
+
+
+def _paper_net() -> RSTN:
+    torch.manual_seed(0)
+    return RSTN(width=1.0).to(memory_format=torch.channels_last)
+
+
+def train_step_rows(net: RSTN, repeat: int) -> list[dict]:
+    """Times one SGD step of mode J on a 512 x 512 triplet with a 60 x 90 pancreas-sized label."""
+    x = torch.rand(1, 3, 512, 512).contiguous(memory_format=torch.channels_last)
+    y = torch.zeros(1, 3, 512, 512)
+    y[:, :, 250:310, 200:290] = 1
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-5, momentum=0.99, weight_decay=5e-4)
+    rows = []
+    for precision in ("fp32", "bf16"):
+        def step(precision: str = precision) -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                p_c, p_f = net.forward_train(x, y, "J", 20)
+                loss = rstn_loss(p_c.float(), p_f.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        m = measure(step, repeat=repeat, warmup=1)
+        rows.append({"row": f"train step J [1,3,512,512] {precision}", "seconds": m["median_s"],
+                     "target_s": PAPER_STEP_S, "peak_rss_mb": m["peak_rss_mb"]})
+    return rows
+
+
+def coarse_plane_rows(net: RSTN, slices: int, batch_size: int) -> list[dict]:
+    """Times the coarse stage of plane Z over a 512 x 512 x `slices` volume (scaled to 100 slices if fewer)."""
+    net.eval()
+    volume = np.random.default_rng(0).random((512, 512, slices), dtype=np.float32)
+    rows = []
+    for precision in ("32", "bf16"):
+        m = measure(lambda p=precision: predict_plane(volume, "Z", net, batch_size, p), repeat=1, warmup=0)
+        rows.append({"row": f"coarse plane Z 512x512x100 {'fp32' if precision == '32' else 'bf16'}",
+                     "seconds": m["median_s"] * 100 / slices, "target_s": 50.0, "peak_rss_mb": m["peak_rss_mb"],
+                     "measured_slices": slices, "reference_s": PAPER_PLANE_S})
+    return rows
+
+
+def quality_rows(out: Path, minutes: float) -> list[dict]:
+    """Trains and tests the demo (synthetic data), then times coarse-to-fine on one held-out volume."""
+    from common.io.cache import VolumeCache
+    from projects.rstn.data import load_split
+    from projects.rstn.demo import run
+    from projects.rstn.eval import load_plane_model
+
+    result = run(out, planes="Z", max_minutes=minutes)
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    stages, cases = summary["stages"], summary["cases"]
+    rows = [{"row": f"DSC {stage} (synthetic, {s['n']} held-out)", "mean": s["mean"], "std": s["std"],
+             "min": s["min"], "max": s["max"]} for stage, s in stages.items()]
+    rows.append({"row": "DSC classical window rule", "mean": result["baseline_value"]})
+    rounds = [c["rounds"] for c in cases.values()]
+    rows.append({"row": "coarse-to-fine rounds to convergence", "mean": float(np.mean(rounds)),
+                 "min": float(np.min(rounds)), "max": float(np.max(rounds))})
+    cache = VolumeCache(out / "cache")
+    case = load_split(out / "cache" / "splits.json", 0)[1][0]
+    image = np.asarray(cache.load(case, "image"), np.float32)
+    model = {"Z": load_plane_model(out / "run" / "Z" / "checkpoints" / "last.ckpt")}
+
+    def c2f() -> None:
+        with torch.no_grad():
+            coarse = {"Z": predict_plane(image, "Z", model["Z"])}
+            coarse_to_fine(image, model, coarse, batch_size=16)
+
+    m = measure(c2f, repeat=3, warmup=1)
+    rows.append({"row": f"coarse-to-fine per volume {image.shape} (1/16 width)", "seconds": m["median_s"],
+                 "peak_rss_mb": m["peak_rss_mb"]})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark, prints the table and writes benchmarks/results/rstn.json."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--out", default="outputs/bench/rstn")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--slices", type=int, default=100, help="slices of the coarse-plane timing")
+    parser.add_argument("--minutes", type=float, default=3.0, help="training budget of the quality rows")
+    parser.add_argument("--skip-quality", action="store_true")
+    args = parser.parse_args(argv)
+    net = _paper_net()
+    rows = train_step_rows(net, args.repeat)
+    rows += coarse_plane_rows(net, args.slices, batch_size=4)
+    del net
+    if not args.skip_quality:
+        rows += quality_rows(Path(args.out), args.minutes)
+    print_table(rows, f"RSTN (2-core CPU, torch threads = {torch.get_num_threads()})")
+    write_results("rstn", rows, command="python -m benchmarks.rstn " + " ".join(argv or []))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
