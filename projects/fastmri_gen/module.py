@@ -224,16 +224,21 @@ class ReconstructionModule(pl.LightningModule):
     def training_step(self, batch: Sample, batch_idx: int) -> torch.Tensor:
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        # toggling freezes the other optimiser's parameters, so the G step computes no D gradients
+        self.toggle_optimizer(optimizers[0])
         total, terms, pred = self.generator_loss(batch)
         optimizers[0].zero_grad(set_to_none=True)
         self.manual_backward(total)
         optimizers[0].step()
+        self.untoggle_optimizer(optimizers[0])
         logs = {f"train/{k}": v.detach() for k, v in terms.items()}
         if self.discriminator is not None:
+            self.toggle_optimizer(optimizers[1])
             d_loss = self.discriminator_loss(batch, pred)
             optimizers[1].zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
             optimizers[1].step()
+            self.untoggle_optimizer(optimizers[1])
             logs["train/d_loss"] = d_loss.detach()
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=pred.shape[0])
         self.log_dict(logs, batch_size=pred.shape[0])

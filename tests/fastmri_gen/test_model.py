@@ -105,3 +105,23 @@ def test_generator_eval_is_deterministic_and_noise_matters_in_training():
 
 def test_discriminator_patch_map():
     assert PatchDiscriminator()(torch.rand(1, 1, 320, 320), torch.rand(1, 1, 320, 320)).shape == (1, 1, 38, 38)
+
+
+def test_fidelity_switches_reach_the_network():
+    from projects.fastmri_gen.layers import StyleModulation
+    from projects.fastmri_gen.module import build_net, fidelity_flags
+
+    cfg = {"_target_": "projects.fastmri_gen.model.StylishGenerator", "min_channels": 4, "max_channels": 8}
+    reference = build_net(cfg, fidelity_flags({}))  # defaults = the reference behaviour
+    fixed = build_net(cfg, fidelity_flags({k: False for k in ("dc_reference", "unet_reference", "adain_reference",
+                                                               "proxy_reference")}))
+    ref_unet, fixed_unet = reference.unet.blocks[0], fixed.unet.blocks[0]
+    assert not reference.unet.complex_mode and fixed.unet.complex_mode and fixed.unet.residual
+    assert (ref_unet.output, ref_unet.size_fit, fixed_unet.output, fixed_unet.size_fit) == (
+        "hardsigmoid", "resize", "linear", "pad")
+    assert ref_unet.init.in_channels == 2 and fixed_unet.init.in_channels == 4 and fixed_unet.out.out_channels == 2
+    modes = {m.mode for m in reference.modules() if isinstance(m, StyleModulation)}
+    assert modes == {"reference"} and {m.mode for m in fixed.modules() if isinstance(m, StyleModulation)} == {
+        "per_channel"}
+    assert (reference.test_latent, reference.imagenet_norm, fixed.test_latent, fixed.imagenet_norm) == (
+        "fixed_noise", False, "mean", True)
