@@ -98,13 +98,14 @@ class ReconstructionModule(pl.LightningModule):
         proxy: `{"weights": local MobileNetV2 file or None, "highpass_sigma": 0 (off) or pixels,
             "trainable": False}`; the same weights initialise the z-encoder trunk.
         accelerations: accelerations reported separately in validation and test.
-        reference_params: the paper's parameter counts (read by the model card).
+        paper_params: the paper's parameter counts of the reference build (the paper experiment copies them
+            to the top-level `reference_params` read by the model card).
     """
 
     def __init__(self, net: Any, optimizer: Any = None, d_optimizer: Any = None, discriminator: Any = None,
                  scheduler: Any = None, loss: dict | None = None, fidelity: dict | None = None,
                  proxy: dict | None = None, accelerations: list[int] | tuple[int, ...] = (4, 8, 16, 32),
-                 reference_params: dict | None = None) -> None:
+                 paper_params: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.automatic_optimization = False
