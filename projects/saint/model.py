@@ -181,7 +181,8 @@ class MSRNet(RDNFeatures):
         intensity_scale: the trunk sees `lr * intensity_scale` and its output is divided by it (paper: 1, raw
             intensities; 1/4000 conditions training better). No effect on the parameters.
         skip: "none" (paper: phase 0 re-predicts the observed slice) or "linear": the network predicts a
-            residual on linear interpolation of the centre plane along z (weights k/f read off `dist`).
+            residual on linear interpolation of the centre plane along z (weights k/f read off `dist`); the
+            last layer of the kernel generator then starts at zero, so training starts from the interpolation.
     """
 
     def __init__(self, g0: int = 64, n_rdb: int = 6, n_layers: int = 8, growth: int = 32, in_ch: int = 3,
@@ -192,6 +193,9 @@ class MSRNet(RDNFeatures):
             raise ValueError(f"skip must be 'none' or 'linear', got {skip!r}")
         self.GW = KernelGenerator(g0, tuple(gw_hidden))
         self.intensity_scale, self.skip = float(intensity_scale), skip
+        if skip == "linear":  # start exactly at the interpolation: the residual head predicts zero
+            nn.init.zeros_(self.GW.meta_block[-1].weight)
+            nn.init.zeros_(self.GW.meta_block[-1].bias)
 
     def upscale(self, feats: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
         """Returns `[B, F, H, W]`: feature `[B, g0, H, W]` convolved with the kernel of each phase (no bias).
@@ -233,11 +237,16 @@ class RFN(RDNFeatures):
         n_rdb: residual dense blocks (4).
         n_layers: dense layers per block (6).
         growth: growth rate (12).
+        zero_init: zero the output layer, so that training starts from the mean of the views (paper: False).
     """
 
-    def __init__(self, g0: int = 64, n_rdb: int = 4, n_layers: int = 6, growth: int = 12) -> None:
+    def __init__(self, g0: int = 64, n_rdb: int = 4, n_layers: int = 6, growth: int = 12,
+                 zero_init: bool = False) -> None:
         super().__init__(2, g0, n_rdb, n_layers, growth)
         self.UPNet = nn.Sequential(nn.Conv2d(g0, 1, 3, padding=1))
+        if zero_init:  # start at the mean of the views
+            nn.init.zeros_(self.UPNet[0].weight)
+            nn.init.zeros_(self.UPNet[0].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Returns `[B, 1, X, Y]`: residual + channel mean of `x` `[B, 2, X, Y]` (the two views, raw units)."""

@@ -1,0 +1,164 @@
+"""SAINT benchmark: quality against interpolation along z, train-step time, whole-volume inference time and memory.
+
+    python -m benchmarks.saint [--skip-quality] [--out outputs/bench/saint]
+
+1. Quality: the demo (synthetic CT abdomens, reduced-width MSR trained for two minutes, then the RFN) scored at
+   x4 and x6 on held-out volumes with the paper's protocol: SAINT with RFN fusion, mean fusion and each view
+   alone (MSR only), beside cubic and linear interpolation along z.
+2. Train step of the paper's MSR on a batch [4, 3, 512, 10] + distance maps, L1 over the real phases, Adam:
+   fp32, fp32 + channels_last, bf16 autocast + channels_last (PERF.md: reference 1.38 s).
+3. Whole-volume inference of the paper's network, both views with batched planes + RFN fusion:
+   256 x 256 x 24 -> x4 measured whole (PERF.md: reference 82 s, one plane at a time);
+   512 x 512 x 60 -> 240 measured on a slab of planes and axial slices and extrapolated to the volume, with the
+   peak memory of the measured part plus the output buffers of the whole volume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from benchmarks.harness import measure, print_table, write_results
+from projects.saint.model import SAINT, distance_map
+from projects.saint.module import masked_l1
+
+PAPER_TRAIN_STEP_S = 1.38
+PAPER_INFER_256_S = 82.0
+
+
+def quality_rows(out: Path) -> list[dict]:
+    """Runs the demo into `out` and returns one row per (factor, method) with PSNR, SSIM and the gain over cubic."""
+    from projects.saint.demo import main as demo_main
+
+    demo_main(["--out", str(out)])
+    result = json.loads((out / "result.json").read_text())
+    rows = []
+    for factor, methods in result["table"].items():
+        cubic = methods["cubic along z"]["psnr"]
+        for method, v in methods.items():
+            rows.append({"factor": factor, "method": method, "psnr_db": v["psnr"], "ssim": v["ssim"],
+                         "gain_vs_cubic_db": round(v["psnr"] - cubic, 2), "n_cases": result["n_cases"]})
+    return rows
+
+
+def _train_step(net: SAINT, channels_last: bool, bf16: bool) -> Callable[[], None]:
+    batch = 4
+    lr = torch.rand(batch, 3, 512, 10) * 4000
+    dist = torch.stack([torch.from_numpy(distance_map(f, 1.0, 0.7, 6)) for f in (4, 6, 4, 6)])
+    target = torch.rand(batch, 6, 512, 10) * 4000
+    mask = torch.zeros_like(target)
+    for b, f in enumerate((4, 6, 4, 6)):
+        mask[b, :f] = 1
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        lr = lr.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(net.msr_parameters(), 1e-4)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            pred = net(lr, dist)
+        loss = masked_l1(pred, target, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def train_step_rows(repeat: int) -> list[dict]:
+    rows = []
+    for name, cl, bf16 in (("fp32", False, False), ("fp32 channels_last", True, False),
+                           ("bf16 autocast channels_last", True, True)):
+        torch.manual_seed(0)
+        net = SAINT()
+        for p in net.RFN.parameters():
+            p.requires_grad_(False)
+        t = measure(_train_step(net, cl, bf16), repeat=repeat, warmup=1)
+        rows.append({"measurement": f"MSR train step [4,3,512,10], {name}", "seconds": round(t["median_s"], 3),
+                     "reference_s": PAPER_TRAIN_STEP_S, "speedup": round(PAPER_TRAIN_STEP_S / t["median_s"], 2),
+                     "peak_rss_mb": round(t["peak_rss_mb"])})
+    return rows
+
+
+def _net(channels_last: bool) -> SAINT:
+    torch.manual_seed(0)
+    net = SAINT().eval()
+    return net.to(memory_format=torch.channels_last) if channels_last else net
+
+
+def inference_rows_256(plane_batch: int) -> list[dict]:
+    rows = []
+    vol = torch.rand(256, 256, 6) * 4000
+    for name, cl, bf16 in (("fp32", False, False), ("bf16 autocast channels_last", True, True)):
+        net = _net(cl)
+
+        def run(net: SAINT = net, bf16: bool = bf16) -> None:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                net.infer_volume(vol, (0.7, 0.7, 1.0), 4, "rfn", plane_batch)
+
+        t = measure(run, repeat=1, warmup=0)
+        rows.append({"measurement": f"whole volume 256x256x6 -> x4 (24), both views + RFN, {name}",
+                     "seconds": round(t["median_s"], 1), "reference_s": PAPER_INFER_256_S,
+                     "speedup": round(PAPER_INFER_256_S / t["median_s"], 2), "peak_rss_mb": round(t["peak_rss_mb"])})
+    return rows
+
+
+def inference_rows_512(plane_batch: int, n_planes: int, n_slices: int) -> list[dict]:
+    """512 x 512 x 60 -> 240: time per plane batch and per axial slice measured on a slab, then extrapolated."""
+    rows = []
+    size, z_lr, f = 512, 60, 4
+    slab = torch.rand(n_planes, size, z_lr) * 4000
+    views = torch.rand(2, size, size, n_slices) * 4000
+    out_buffers_mb = 3 * size * size * z_lr * f * 4 / 2**20  # two views + fused, float32
+    dist = torch.from_numpy(distance_map(f, 1.0, 0.7))[None]
+    for name, cl, bf16 in (("fp32", False, False), ("bf16 autocast channels_last", True, True)):
+        net = _net(cl)
+
+        def msr(net: SAINT = net, bf16: bool = bf16) -> None:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                net._marginal(slab, 0, dist, plane_batch)
+
+        def rfn(net: SAINT = net, bf16: bool = bf16) -> None:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                net.fuse(views[0], views[1], "rfn", plane_batch)
+
+        t_msr, t_rfn = measure(msr, repeat=1, warmup=0), measure(rfn, repeat=1, warmup=0)
+        total = t_msr["median_s"] * (2 * size / n_planes) + t_rfn["median_s"] * (z_lr * f / n_slices)
+        rows.append({"measurement": f"whole volume 512x512x60 -> 240, both views + RFN, {name} "
+                                    f"(extrapolated from {n_planes} planes and {n_slices} axial slices)",
+                     "seconds": round(total, 1), "reference_s": None, "speedup": None,
+                     "peak_rss_mb": round(max(t_msr["peak_rss_mb"], t_rfn["peak_rss_mb"]) + out_buffers_mb)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--out", default=None, help="demo output folder (default: a temporary folder)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--plane-batch", type=int, default=16)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    quality: list[dict] = []
+    if not args.skip_quality:
+        with tempfile.TemporaryDirectory() as tmp:
+            quality = quality_rows(Path(args.out) if args.out else Path(tmp))
+        print_table(quality, "SAINT on held-out synthetic CT (paper protocol)")
+    speed = train_step_rows(args.repeat) + inference_rows_256(args.plane_batch) + \
+        inference_rows_512(args.plane_batch, n_planes=16, n_slices=8)
+    print_table(speed, f"SAINT speed and memory ({torch.get_num_threads()} threads)")
+    path = write_results("saint", quality + speed, seconds=round(time.perf_counter() - start, 1),
+                         load_average=[round(x, 2) for x in os.getloadavg()])
+    print(f"\nwritten {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
