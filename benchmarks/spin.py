@@ -12,6 +12,7 @@ next to the tuned intensity threshold of the demo.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -24,7 +25,7 @@ import torch
 from benchmarks.harness import measure, print_table, write_results
 from common.io.cache import VolumeCache
 from common.run import load_module, train
-from projects.spin.demo import compose_demo, threshold_mask, tune_threshold
+from projects.spin.demo import choose_threads, compose_demo, threshold_mask, tune_threshold
 from projects.spin.eval import score_masks
 from projects.spin.model import SPiN, UNet, count_parameters
 from projects.spin.predict import logits_function, predict_volume
@@ -132,7 +133,11 @@ def quality_rows(epochs: int, n_train: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and epochs (a smoke run)")
+    parser.add_argument("--threads", default="auto", help="torch threads, or auto (1 on a busy CPU)")
+    parser.add_argument("--skip-quality", action="store_true", help="speed rows only")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
+    torch.set_num_threads(choose_threads(args.threads))
     params = [{"row": "SPiN paper configuration (built)", "params": count_parameters(SPiN())},
               {"row": "SPiN + the reference's unused 1x1 shortcuts",
                "params": count_parameters(SPiN(build_unused_shortcut=True))},
@@ -140,9 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     print_table(params, "Parameters")
     speed = speed_rows(repeat=2 if args.quick else 3)
     print_table(speed, f"Speed (median wall time, torch threads = {torch.get_num_threads()})")
-    quality = quality_rows(epochs=6 if args.quick else 40, n_train=8 if args.quick else 16)
+    quality = [] if args.skip_quality else quality_rows(epochs=6 if args.quick else 40,
+                                                         n_train=8 if args.quick else 16)
     print_table(quality, "Quality on held-out synthetic scans (Dice per scan then mean; small = pooled slices)")
-    path = write_results("spin", [*params, *speed, *quality])
+    path = write_results("spin", [*params, *speed, *quality], torch_threads=torch.get_num_threads(),
+                         load_average_before=load_before, load_average_after=os.getloadavg()[0])
     print(f"\nwrote {path}")
     return 0
 
