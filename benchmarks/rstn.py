@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -110,12 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     net = _paper_net()
     rows = train_step_rows(net, args.repeat)
+    print(rows, flush=True)
     rows += coarse_plane_rows(net, args.slices, batch_size=4)
+    print(rows[-2:], flush=True)
     del net
     if not args.skip_quality:
         rows += quality_rows(Path(args.out), args.minutes)
-    print_table(rows, f"RSTN (2-core CPU, torch threads = {torch.get_num_threads()})")
-    write_results("rstn", rows, command="python -m benchmarks.rstn " + " ".join(argv or []))
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    rows = [{k: row.get(k) for k in keys} for row in rows]
+    load = os.getloadavg()
+    print_table(rows, f"RSTN (2-core CPU, load average {load[0]:.1f} during the run)")
+    write_results("rstn", rows, command="python -m benchmarks.rstn " + " ".join(argv or []), load_average=load)
     return 0
 
 
