@@ -166,14 +166,21 @@ class ATLASScanSlices(Dataset):
         n_chunk: adjacent slices per sample.
         small_max_px: component size limit of the small-lesion rule.
         slice_stride: keep every n-th slice (1 = all; larger values give a cheaper, approximate validation).
+        lesion_first: move this many items to the front: each scan's slice with the largest lesion, in turn
+            (the image panels show the first validation batches; the metrics do not depend on the order).
     """
 
     def __init__(self, cache_dir: str | os.PathLike, case_ids: list[str], n_chunk: int = 5,
-                 small_max_px: int = 100, slice_stride: int = 1) -> None:
+                 small_max_px: int = 100, slice_stride: int = 1, lesion_first: int = 0) -> None:
         self.scans = _CachedScans(cache_dir, case_ids)
         self.n_chunk, self.small_max_px = n_chunk, small_max_px
         self.items = [(c, z) for c in case_ids
                       for z in range(0, self.scans.cache.shape(c, "t1")[0], slice_stride)]
+        if lesion_first:
+            kept = set(self.items)
+            peaks = [(c, int(np.argmax(self.scans.lesion_px(c)))) for c in case_ids]
+            front = [item for item in peaks if item in kept][:lesion_first]
+            self.items = front + [item for item in self.items if item not in set(front)]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -222,9 +229,9 @@ class ATLASDataModule(pl.LightningDataModule):
             self._sets = resolve_split(hp.split, hp.fold, hp.val_fraction, hp.val_seed)
         return self._sets
 
-    def _eval_set(self, name: str, stride: int = 1) -> ATLASScanSlices:
+    def _eval_set(self, name: str, stride: int = 1, lesion_first: int = 0) -> ATLASScanSlices:
         hp = self.hparams
-        return ATLASScanSlices(hp.cache_dir, self.sets[name], hp.n_chunk, hp.small_max_px, stride)
+        return ATLASScanSlices(hp.cache_dir, self.sets[name], hp.n_chunk, hp.small_max_px, stride, lesion_first)
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         workers = self.hparams.num_workers
@@ -238,8 +245,9 @@ class ATLASDataModule(pl.LightningDataModule):
         return self._loader(dataset, hp.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._eval_set("val", self.hparams.val_slice_stride), self.hparams.eval_batch_size,
-                            False)
+        # The image panels show the first validation batch: put each scan's largest-lesion slice there.
+        val = self._eval_set("val", self.hparams.val_slice_stride, lesion_first=self.hparams.eval_batch_size)
+        return self._loader(val, self.hparams.eval_batch_size, False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self._eval_set("test"), self.hparams.eval_batch_size, False)

@@ -180,3 +180,14 @@ def test_split_scans_missing_from_the_cache_are_reported(atlas_fixture: dict, tm
     dm = ATLASDataModule(str(atlas_fixture["cache"]), str(split), val_fraction=0.0)
     with pytest.raises(DataError, match="not in the cache"):
         dm.train_dataloader()
+
+
+def test_validation_puts_lesion_slices_first_without_changing_the_set(atlas_fixture: dict) -> None:
+    from projects.spin.data import ATLASScanSlices
+
+    ids = atlas_fixture["ids"][:3]
+    plain = ATLASScanSlices(atlas_fixture["cache"], ids)
+    front = ATLASScanSlices(atlas_fixture["cache"], ids, lesion_first=2)
+    assert sorted(plain.items) == sorted(front.items) and len(set(front.items)) == len(front.items)
+    assert all(int(front[i].label.sum()) > 0 for i in range(2))
+    assert [front.items[i][0] for i in range(2)] == ids[:2]
