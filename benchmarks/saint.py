@@ -28,16 +28,18 @@ import torch
 from benchmarks.harness import measure, print_table, write_results
 from projects.saint.model import SAINT, distance_map
 from projects.saint.module import masked_l1
+from projects.saint.runtime import choose_threads
 
 PAPER_TRAIN_STEP_S = 1.38
 PAPER_INFER_256_S = 82.0
 
 
-def quality_rows(out: Path) -> list[dict]:
+def quality_rows(out: Path, msr_seconds: int, rfn_seconds: int, threads: int) -> list[dict]:
     """Runs the demo into `out` and returns one row per (factor, method) with PSNR, SSIM and the gain over cubic."""
     from projects.saint.demo import main as demo_main
 
-    demo_main(["--out", str(out)])
+    demo_main(["--out", str(out), "--msr-seconds", str(msr_seconds), "--rfn-seconds", str(rfn_seconds),
+               "--threads", str(threads)])
     result = json.loads((out / "result.json").read_text())
     rows = []
     for factor, methods in result["table"].items():
@@ -144,18 +146,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="demo output folder (default: a temporary folder)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--plane-batch", type=int, default=16)
+    parser.add_argument("--msr-seconds", type=int, default=300, help="stage-1 training time of the quality run")
+    parser.add_argument("--rfn-seconds", type=int, default=45, help="stage-2 training time of the quality run")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as the demo chooses)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    threads = args.threads or choose_threads()
+    load = [round(x, 2) for x in os.getloadavg()]
     quality: list[dict] = []
     if not args.skip_quality:
         with tempfile.TemporaryDirectory() as tmp:
-            quality = quality_rows(Path(args.out) if args.out else Path(tmp))
-        print_table(quality, "SAINT on held-out synthetic CT (paper protocol)")
+            quality = quality_rows(Path(args.out) if args.out else Path(tmp), args.msr_seconds, args.rfn_seconds,
+                                   threads)
+        print_table(quality, f"SAINT on held-out synthetic CT (paper protocol), MSR trained {args.msr_seconds} s")
+    torch.set_num_threads(threads)
     speed = train_step_rows(args.repeat) + inference_rows_256(args.plane_batch) + \
         inference_rows_512(args.plane_batch, n_planes=16, n_slices=8)
-    print_table(speed, f"SAINT speed and memory ({torch.get_num_threads()} threads)")
+    print_table(speed, f"SAINT speed and memory ({torch.get_num_threads()} threads, load average at start {load})")
     path = write_results("saint", quality + speed, seconds=round(time.perf_counter() - start, 1),
-                         load_average=[round(x, 2) for x in os.getloadavg()])
+                         threads=threads, load_average_start=load, load_average_end=list(os.getloadavg()))
     print(f"\nwritten {path}")
     return 0
 

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -30,6 +29,7 @@ from projects.saint.data import PAPER_SPLIT, VolumeDataset, load_split, split_ca
 from projects.saint.eval import score_case, summarise
 from projects.saint.predict import predict_file
 from projects.saint.prepare import prepare
+from projects.saint.runtime import set_threads
 
 DEMO_SHAPE = (64, 64, 48)
 DEMO_SPACING = (0.8, 0.8, 1.25)
@@ -65,13 +65,6 @@ def thick_slice_copy(src: Path, dst: Path, factor: int) -> Path:
     affine[:3, 3] = volume.affine[:3, :3] @ [0, 0, drop] + volume.affine[:3, 3]
     affine = scale_axis_affine(affine, 2, 1.0 / factor, anchor="first")
     return save_nifti(dst, volume.data[:, :, drop::factor], affine, dtype=np.int16)
-
-
-def choose_threads() -> int:
-    """Returns the torch thread count: 1 when the cores are already busy (small convolutions on several threads
-    then stall at every synchronisation: 7x slower measured here at load 9 on 2 cores), else all cores."""
-    cores = os.cpu_count() or 1
-    return 1 if os.getloadavg()[0] > cores - 0.5 else cores
 
 
 def _duration(seconds: int) -> str:
@@ -113,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     start = time.perf_counter()
-    torch.set_num_threads(args.threads or choose_threads())
-    print(f"saint demo: {torch.get_num_threads()} torch thread(s), load average {os.getloadavg()[0]:.1f}")
+    threads = set_threads(args.threads)
+    print(f"saint demo: {threads} torch thread(s), load average {os.getloadavg()[0]:.1f}")
     write_demo_msd(out / "msd")
     prepare([out / "msd"], out / "cache")
     common = [f"data.cache_dir={out / 'cache'}", "logger=none"]

@@ -22,6 +22,7 @@ from common.io.nifti import load_nifti, save_nifti, scale_axis_affine, voxel_spa
 from projects.saint.checkpoint import load_saint
 from projects.saint.model import SAINT
 from projects.saint.prepare import HU_OFFSET, axial_axis, offset_intensities
+from projects.saint.runtime import set_threads
 
 
 def synthesise_hu(net: SAINT, hu: np.ndarray, spacing: tuple[float, float, float], factor: int,
@@ -78,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factor", type=int, default=4)
     parser.add_argument("--fuse", choices=["rfn", "mean"], default=None)
     parser.add_argument("--plane-batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: by load)")
     args = parser.parse_args(argv)
+    set_threads(args.threads)
     try:
         out = predict_file(args.input, args.output, args.ckpt, args.factor, args.fuse, args.plane_batch)
     except DataError as err:
