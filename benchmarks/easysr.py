@@ -1,0 +1,171 @@
+"""EasySR benchmark: `python -m benchmarks.easysr [--quick] [--only quality|speed]` (about 12 minutes on 2 cores).
+
+Rows:
+1. quality: the generator trained briefly (6 epochs of 12 patch batches) as the reference trains it, the same with
+   the residual input skip (`model.generator.input_skip=linear`), and with the `gan` loss (MSE + 1e-3
+   adversarial on patch logits) plus the skip, against cubic-spline upsampling, on held-out synthetic rat-brain-like volumes
+   (PSNR and slice SSIM with the reference's rules, normalised [0, 255] domain). Short CPU training: this checks
+   the pipeline and the direction of the comparison, not the paper's (unpublished) numbers.
+2. train step: one G step + one D step for a batch [2, 1, 128, 64, 128] -> 128 x 192 x 128 (the reference's
+   size, PERF.md target <= 11.7 s), with the reference's linear-head and the patch discriminator, fp32 and bf16.
+3. inference: time and peak memory for one [128, 64, 128] LR volume and one [256, 96, 256] one (whole volume and
+   sliding window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from benchmarks.harness import RESULTS_DIR, measure, print_table, write_results
+from common.run import CONF_ROOT, train
+from common.synthetic import isotropic_volume, write_ratbrain_nifti
+from projects.easysr.infer import upsample_normalised
+from projects.easysr.model import EasySRGenerator, PatchDiscriminator3D
+
+
+def _autocast(precision: str) -> contextlib.AbstractContextManager:
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+def gan_step(gen, disc, opt_g, opt_d, lr, hr, adversarial_weight: float, precision: str) -> None:
+    """One generator step then one discriminator step, the same operations as `EasySRModule.training_step`."""
+    with _autocast(precision):
+        sr = gen(lr)
+        loss_g = F.mse_loss(sr.float(), hr)
+        if adversarial_weight > 0:
+            logits = disc(sr).float()
+            loss_g = loss_g + adversarial_weight * F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    with _autocast(precision):
+        real, fake = disc(hr).float(), disc(sr.detach()).float()
+        loss_d = 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                        + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+
+
+def timed(fn, repeat: int, warmup: int = 1) -> dict[str, float]:
+    """Returns `measure(fn)` plus `cpu_s`, the process CPU seconds per call (less sensitive to other load)."""
+    cpu = []
+
+    def wrapped() -> None:
+        start = time.process_time()
+        fn()
+        cpu.append(time.process_time() - start)
+
+    stats = measure(wrapped, repeat=repeat, warmup=warmup)
+    stats["cpu_s"] = sorted(cpu[warmup:])[len(cpu[warmup:]) // 2]
+    return stats
+
+
+def train_step_rows(repeat: int) -> list[dict]:
+    """Times the G+D step at the reference size for both discriminators and both precisions."""
+    lr = torch.rand(2, 1, 128, 64, 128) * 255
+    hr = torch.rand(2, 1, 128, 192, 128) * 255
+    rows = []
+    for head, weight in (("linear", 0.0), ("patch", 1e-3)):
+        for precision in ("32", "bf16"):
+            gen, disc = EasySRGenerator().train(), PatchDiscriminator3D(head=head).train()
+            opt_g = torch.optim.Adam(gen.parameters(), lr=2e-4, betas=(0.5, 0.999))
+            opt_d = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
+            stats = timed(lambda g=gen, d=disc, og=opt_g, od=opt_d, w=weight, p=precision:
+                          gan_step(g, d, og, od, lr, hr, w, p), repeat=repeat)
+            rows.append({"row": "train step G+D", "input": "[2,1,128,64,128]", "config": f"D={head}, adv={weight}",
+                         "precision": precision, "seconds": stats["median_s"], "cpu_s": stats["cpu_s"],
+                         "peak_rss_mb": stats["peak_rss_mb"], "target_s": 11.7, "reference_s": 23.4})
+    return rows
+
+
+def inference_rows(repeat: int) -> list[dict]:
+    """Times the generator on whole volumes and with the sliding window."""
+    gen = EasySRGenerator().eval()
+    cases = [((128, 64, 128), None, "32"), ((128, 64, 128), None, "bf16"),
+             ((256, 96, 256), None, "32"), ((256, 96, 256), (128, 48, 128), "32"),
+             ((256, 96, 256), (128, 48, 128), "bf16")]
+    rows = []
+    for shape, patch, precision in cases:
+        lr = torch.rand(*shape) * 255
+        reps = repeat if shape[0] == 128 else 1
+        stats = timed(lambda x=lr, p=patch, pr=precision: upsample_normalised(gen, x, p, 0.25, precision=pr),
+                      repeat=reps, warmup=1 if shape[0] == 128 else 0)
+        rows.append({"row": "inference G", "input": f"[1,1,{','.join(map(str, shape))}]",
+                     "config": "whole volume" if patch is None else f"window {list(patch)}, overlap 0.25",
+                     "precision": precision, "seconds": stats["median_s"], "cpu_s": stats["cpu_s"],
+                     "peak_rss_mb": stats["peak_rss_mb"], "target_s": None, "reference_s": 3.3 if shape[0] == 128 and patch is None else None})
+    return rows
+
+
+def quality_rows(epochs: int, root: Path) -> list[dict]:
+    """Trains the reference and GAN losses briefly on synthetic volumes; returns test PSNR/SSIM vs splines."""
+    raw = root / "train_data"
+    shape = (48, 48, 48)
+    splits = {"training": range(0, 8), "validation": range(100, 101), "test": range(200, 204)}
+    for split, seeds in splits.items():
+        write_ratbrain_nifti(raw, {f"rat{s:03d}": isotropic_volume(s, shape) for s in seeds}, split)
+    rows = []
+    common = [f"paths.data_dir={root}", f"data.raw_dir={raw}", "callbacks=minimal", "logger=none",
+              "data.patch_size=[32,36,32]", "data.patches_per_volume=6", "data.batch_size=4",
+              f"trainer.max_epochs={epochs}", f"trainer.check_val_every_n_epoch={epochs}"]
+    reference = ["experiment=reference", "model.discriminator.input_shape=[32,36,32]"]
+    skip = ["model.generator.input_skip=linear"]
+    runs = {"reference": reference, "reference + input_skip": [*reference, *skip],
+            "gan + input_skip": ["experiment=gan", *skip]}
+    for name, extra in runs.items():
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(str(CONF_ROOT / "easysr"), version_base="1.3"):
+            cfg = compose("train", overrides=[*common, *extra, f"paths.output_dir={root / name}"])
+        start = time.perf_counter()
+        res = train(cfg)
+        rows.append({"row": "quality (held-out, 4 vols)", "input": "48x16x48 -> 48x48x48",
+                     "config": f"{name} loss, {epochs} epochs", "psnr": res["test/psnr"],
+                     "psnr_spline": res["test/psnr_spline"], "ssim": res["test/ssim"],
+                     "ssim_spline": res["test/ssim_spline"], "train_s": time.perf_counter() - start})
+    return rows
+
+
+def _previous_rows(kind: str) -> list[dict]:
+    """Rows of `kind` ("quality" or "speed") from the last results file, kept when only the other part reruns."""
+    path = RESULTS_DIR / "easysr.json"
+    if not path.exists():
+        return []
+    rows = json.loads(path.read_text()).get("rows", [])
+    return [r for r in rows if r.get("row", "").startswith("quality") == (kind == "quality")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and epochs (a smoke run)")
+    parser.add_argument("--only", choices=["quality", "speed"], help="run one part, keep the other's last rows")
+    args = parser.parse_args()
+    repeat = 1 if args.quick else 2
+    quality, speed = [], []
+    if args.only != "speed":
+        with tempfile.TemporaryDirectory() as tmp:
+            quality = quality_rows(2 if args.quick else 6, Path(tmp))
+        print_table(quality, "EasySR quality: generator vs cubic spline (PSNR dB / SSIM, reference rules)")
+    if args.only != "quality":
+        speed = train_step_rows(repeat) + inference_rows(repeat)
+        print_table(speed, "EasySR speed (2-core CPU; cpu_s = process CPU seconds per call)")
+    # Read the other part's rows only now: the two parts may run at the same time in two processes.
+    quality = quality or _previous_rows("quality")
+    speed = speed or _previous_rows("speed")
+    path = write_results("easysr", quality + speed, load_average=os.getloadavg())
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
