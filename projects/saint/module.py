@@ -60,6 +60,11 @@ class SaintModule(ConfiguredModule):
         names = ["psnr", "ssim"] + [f"{m}_x{f}" for m in ("psnr", "ssim") for f in eval_factors]
         self.scores = torch.nn.ModuleDict({n: MeanMetric() for n in names})
 
+    def network_parameter_counts(self) -> dict[str, int]:
+        """Returns the parameter counts of the two networks (frozen ones included): `msr`, `rfn`."""
+        rfn = sum(p.numel() for p in self.net.RFN.parameters())
+        return {"msr": sum(p.numel() for p in self.net.parameters()) - rfn, "rfn": rfn}
+
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return

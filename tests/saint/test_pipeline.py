@@ -14,7 +14,7 @@ from common.io.nifti import load_nifti, save_nifti, scale_axis_affine
 from common.run import CONF_ROOT, train
 from projects.saint.evaluation import interpolate_z, psnr_saint, ssim_saint, weighted_mean
 from projects.saint.model import SAINT
-from projects.saint.module import masked_l1
+from projects.saint.module import SaintModule, masked_l1
 
 TINY_NET = {"g0": 8, "n_rdb": 1, "n_layers": 2, "growth": 4, "gw_hidden": [4, 8, 8, 8],
             "rfn": {"g0": 8, "n_rdb": 1, "n_layers": 2, "growth": 4}}
@@ -42,8 +42,13 @@ def test_paper_experiments_keep_the_paper_network() -> None:
     net = OmegaConf.to_container(cfg.model.net)
     assert (net["g0"], net["n_rdb"], net["n_layers"], net["growth"], net["skip"]) == (64, 6, 8, 32, "none")
     assert cfg.model.optimizer.lr == 1e-4 and list(cfg.data.factors) == [4, 6] and cfg.data.patch_lr == 10
-    assert cfg.reference_params.net == 2_787_712
-    assert compose_saint("train", ["experiment=msd_rfn"]).reference_params.net == 371_105
+    assert dict(cfg.reference_params) == {"msr": 2_787_712, "rfn": 371_105}
+    module = SaintModule(**{k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "_target_"})
+    assert module.network_parameter_counts() == {"msr": 2_787_712, "rfn": 371_105}
+    assert module.count_parameters()["net"] == 2_787_712  # stage 1 trains the MSR only
+    rfn_cfg = compose_saint("train", ["experiment=msd_rfn", "model.msr_ckpt=unused.ckpt"])
+    stage2 = SaintModule(**{k: v for k, v in OmegaConf.to_container(rfn_cfg.model).items() if k != "_target_"})
+    assert stage2.count_parameters()["net"] == 371_105  # stage 2 trains the RFN only
 
 
 def run_fdr(experiment: str, cache_dir: Path, out: Path, extra: list[str] = ()) -> dict:
