@@ -40,7 +40,7 @@ def test_every_experiment_composes(config: str, experiment: str, tmp_path) -> No
         assert cfg.model.optimizer.momentum == 0.99 and list(cfg.model.lr_multipliers) == [1, 2, 10, 20]
     if config == "eval":
         assert cfg.eval.max_rounds == 10 and cfg.eval.stop_inter_dsc == 0.99
-        assert str(cfg.checkpoints.Z).endswith(f"{experiment}_fd2/Z/checkpoints/last.ckpt")
+        assert str(cfg.checkpoints.Z).endswith(f"{experiment}_fd2/Z/checkpoints/final.ckpt")
 
 
 def test_mode_schedule_and_j_decay() -> None:
@@ -107,7 +107,7 @@ def test_the_whole_test_chain_on_two_cases(synthetic_cache, tmp_path) -> None:
     overrides += [f"checkpoints.{p}={tmp_path}/{p}/last.ckpt" for p in "XYZ"]
     cfg = _compose("eval", overrides)
     for i, plane in enumerate("XYZ"):
-        _checkpoint(tmp_path / plane / "last.ckpt", cfg.model, i)
+        _checkpoint(tmp_path / plane / "final.ckpt", cfg.model, i)
     result = evaluate_rstn(cfg)
     stages = result["stages"]
     for stage in ("coarse_X", "coarse_Y", "coarse_Z", "fusion", "oracle", "coarse2fine"):
