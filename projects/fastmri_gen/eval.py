@@ -25,7 +25,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from common.errors import DataError  # noqa: E402
 from common.io import read_reconstruction, save_json, write_reconstructions  # noqa: E402
@@ -33,14 +33,49 @@ from common.metrics import fastmri_volume_metrics  # noqa: E402
 from common.run import entry, load_module, output_dir  # noqa: E402
 
 
-def build_module(cfg: DictConfig) -> Any:
-    """Return the LightningModule: from `ckpt_path`, or untrained when the network has no parameters."""
+def load_checkpoint_module(path: str | Path) -> tuple[object, dict]:
+    """Return `(module, run config)` rebuilt from a checkpoint written by `train.py`.
+
+    Raises:
+        DataError: missing/unreadable file, no stored run config, or weights that do not fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises several types for a corrupt file
+        raise DataError(path, f"cannot read checkpoint ({type(err).__name__}: {err})") from err
+    if "run_config" not in ckpt or "state_dict" not in ckpt:
+        raise DataError(path, "not a fastmri_gen training checkpoint (no run_config / state_dict)")
+    cfg = OmegaConf.create(ckpt["run_config"])
+    module = instantiate(cfg.model, _recursive_=False)
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise DataError(path, f"weights do not fit the stored model config: {err}") from err
+    return module, ckpt["run_config"]
+
+
+def build_module(cfg: DictConfig) -> tuple[Any, dict | None]:
+    """Return `(module, stored fidelity switches or None)`.
+
+    With `ckpt_path` the model config stored in the checkpoint is used when present (the command line need
+    not repeat the training overrides, and the data transform follows the training's switches); without one
+    only a network without parameters (zero-filling) is accepted.
+    """
     if cfg.get("ckpt_path"):
-        return load_module(cfg, cfg.ckpt_path)
+        try:
+            module, run_config = load_checkpoint_module(cfg.ckpt_path)
+            return module, run_config.get("fidelity")
+        except DataError as err:
+            if "no run_config" not in str(err):
+                raise
+        return load_module(cfg, cfg.ckpt_path), None
     module = instantiate(cfg.model, _recursive_=False)
     if any(p.requires_grad for p in module.net.parameters()):
         raise DataError(None, "eval needs ckpt_path=PATH for a trained model (only model=zero_filled has none)")
-    return module
+    return module, None
 
 
 @torch.no_grad()
@@ -86,7 +121,9 @@ def score_volumes(recon_dir: str | Path, ref_dir: str | Path, target_key: str = 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Reconstruct, write and score the split at each of `cfg.eval.accelerations`; returns the results."""
-    module = build_module(cfg)
+    module, fidelity = build_module(cfg)
+    if fidelity is not None:
+        cfg.fidelity = OmegaConf.create(fidelity)
     out_root = Path(cfg.eval.out_dir)
     results: dict[str, Any] = {}
     for acceleration in cfg.eval.accelerations:

@@ -15,38 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-
 from common.errors import DataError
 from common.io import write_reconstructions
 from projects.fastmri_gen.data import FastMRIDataModule
-from projects.fastmri_gen.eval import reconstruct_split
-
-
-def load_checkpoint_module(path: str | Path) -> tuple[object, dict]:
-    """Return `(module, run config)` rebuilt from a checkpoint written by `train.py`.
-
-    Raises:
-        DataError: missing/unreadable file, no stored run config, or weights that do not fit.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "checkpoint file not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for a corrupt file
-        raise DataError(path, f"cannot read checkpoint ({type(err).__name__}: {err})") from err
-    if "run_config" not in ckpt or "state_dict" not in ckpt:
-        raise DataError(path, "not a fastmri_gen training checkpoint (no run_config / state_dict)")
-    cfg = OmegaConf.create(ckpt["run_config"])
-    module = instantiate(cfg.model, _recursive_=False)
-    try:
-        module.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise DataError(path, f"weights do not fit the stored model config: {err}") from err
-    return module, ckpt["run_config"]
+from projects.fastmri_gen.eval import load_checkpoint_module, reconstruct_split
 
 
 def predict(ckpt: str | Path, input_path: str | Path, out_dir: str | Path, acceleration: int = 4,

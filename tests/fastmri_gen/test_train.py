@@ -100,9 +100,14 @@ def test_short_training_checkpoint_then_predict(fastmri_root, tmp_path):
     from projects.fastmri_gen.predict import predict
 
     cfg = compose_cfg(["experiment=demo", "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
-                       "+trainer.limit_val_batches=1", "test_after_fit=false", *tiny(fastmri_root, tmp_path)])
+                       "+trainer.limit_val_batches=1", "test_after_fit=false", "model.loss.adv=0",
+                       *tiny(fastmri_root, tmp_path)])
     train(cfg)
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    # eval rebuilds the model from the checkpoint's stored config (no discriminator here) without the override
+    scored = evaluate(compose_cfg(["experiment=demo", f"ckpt_path={ckpt}", "eval.accelerations=[8]",
+                                   *tiny(fastmri_root, tmp_path / "eval")], name="eval"))
+    assert len(scored["x8"]["cases"]) == 3 and math.isfinite(scored["x8"]["mean"]["psnr"])
     written = predict(ckpt, fastmri_root / "singlecoil_test", tmp_path / "pred")
     assert [p.name for p in written] == ["file1200001.h5"]
     assert read_reconstruction(written[0]).shape == (2, 32, 32)
