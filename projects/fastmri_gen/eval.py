@@ -27,34 +27,20 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from common.checkpoint import module_from_checkpoint  # noqa: E402
 from common.errors import DataError  # noqa: E402
 from common.io import read_reconstruction, save_json, write_reconstructions  # noqa: E402
 from common.metrics import fastmri_volume_metrics  # noqa: E402
-from common.run import entry, load_module, output_dir  # noqa: E402
+from common.run import entry, output_dir  # noqa: E402
 
 
-def load_checkpoint_module(path: str | Path) -> tuple[object, dict]:
-    """Return `(module, run config)` rebuilt from a checkpoint written by `train.py`.
+def load_checkpoint_module(path: str | Path) -> tuple[Any, dict]:
+    """Return `(module, run config)` rebuilt from a checkpoint written by `train.py` (its stored model config).
 
     Raises:
         DataError: missing/unreadable file, no stored run config, or weights that do not fit.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "checkpoint file not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for a corrupt file
-        raise DataError(path, f"cannot read checkpoint ({type(err).__name__}: {err})") from err
-    if "run_config" not in ckpt or "state_dict" not in ckpt:
-        raise DataError(path, "not a fastmri_gen training checkpoint (no run_config / state_dict)")
-    cfg = OmegaConf.create(ckpt["run_config"])
-    module = instantiate(cfg.model, _recursive_=False)
-    try:
-        module.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise DataError(path, f"weights do not fit the stored model config: {err}") from err
-    return module, ckpt["run_config"]
+    return module_from_checkpoint(path)
 
 
 def build_module(cfg: DictConfig) -> tuple[Any, dict | None]:
@@ -69,9 +55,9 @@ def build_module(cfg: DictConfig) -> tuple[Any, dict | None]:
             module, run_config = load_checkpoint_module(cfg.ckpt_path)
             return module, run_config.get("fidelity")
         except DataError as err:
-            if "no run_config" not in str(err):
+            if "no run config" not in str(err):
                 raise
-        return load_module(cfg, cfg.ckpt_path), None
+        return module_from_checkpoint(cfg.ckpt_path, cfg.model)[0], None
     module = instantiate(cfg.model, _recursive_=False)
     if any(p.requires_grad for p in module.net.parameters()):
         raise DataError(None, "eval needs ckpt_path=PATH for a trained model (only model=zero_filled has none)")

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.checkpoint import read_checkpoint
 from common.errors import DataError
 
 # (expansion t, output channels c, repeats n, first stride s) of the 1.0-width network
@@ -97,10 +98,7 @@ def load_trunk_weights(trunk: MobileNetV2Features, path: str | os.PathLike) -> N
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "MobileNetV2 weight file not found (weights are never downloaded)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a corrupt file
-        raise DataError(path, f"cannot read MobileNetV2 weights ({type(err).__name__}: {err})") from err
+    state = read_checkpoint(path)
     state = state.get("state_dict", state)
     cleaned = {}
     for key, value in state.items():

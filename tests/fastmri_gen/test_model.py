@@ -125,3 +125,21 @@ def test_fidelity_switches_reach_the_network():
         "per_channel"}
     assert (reference.test_latent, reference.imagenet_norm, fixed.test_latent, fixed.imagenet_norm) == (
         "fixed_noise", False, "mean", True)
+
+
+def test_mobilenet_weights_load_from_a_local_file_only(tmp_path):
+    from common.errors import DataError
+    from projects.fastmri_gen.mobilenet import MobileNetV2Features, load_trunk_weights
+
+    source = MobileNetV2Features()
+    state = {f"module.{k}": v for k, v in source.state_dict().items()}
+    state["classifier.1.weight"] = torch.zeros(1000, 1280)  # a full classifier checkpoint: head ignored
+    torch.save({"state_dict": state}, tmp_path / "mnv2.pth")
+    target = MobileNetV2Features()
+    load_trunk_weights(target, tmp_path / "mnv2.pth")
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+    with pytest.raises(DataError, match="never downloaded"):
+        load_trunk_weights(target, tmp_path / "missing.pth")
+    torch.save({"features.0.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(DataError, match="bad.pth"):
+        load_trunk_weights(target, tmp_path / "bad.pth")
