@@ -10,6 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from common.io.cache import VolumeCache
 from common.io.nifti import load_nifti, save_nifti, scale_axis_affine
 from common.run import CONF_ROOT, train
 from projects.saint.evaluation import interpolate_z, psnr_saint, ssim_saint, weighted_mean
@@ -79,7 +80,7 @@ def tiny_checkpoint(path: Path, stage: str = "rfn", seed: int = 0) -> Path:
     return path
 
 
-def test_paper_stage2_fast_dev_run_freezes_the_msr(cache_dir: Path, tmp_path: Path) -> None:
+def test_paper_stage2_fast_dev_run_trains_the_rfn_on_stage1_views(cache_dir: Path, tmp_path: Path) -> None:
     stage1 = tiny_checkpoint(tmp_path / "stage1.ckpt", stage="msr")
     net_overrides = [f"model.net.{k}={v}" for k, v in TINY_NET.items() if k != "rfn"]
     net_overrides = [o.replace("'", "") for o in net_overrides] + [
@@ -89,6 +90,10 @@ def test_paper_stage2_fast_dev_run_freezes_the_msr(cache_dir: Path, tmp_path: Pa
                        *net_overrides])
     assert np.isfinite(metrics["train/loss"]) and "val/psnr" in metrics
     assert len(list((tmp_path / "stage1").glob("*_x4.npy"))) == 5  # 4 training + 1 validation case
+    stack = np.load(tmp_path / "stage1" / "liver_2_x6.npy")  # [Z', 3, X, Y]: view x, view y, HR
+    hr = np.asarray(VolumeCache(cache_dir).load("liver_2", "image"))[:, :, 28 % 6:]
+    assert stack.shape == (24, 3, 20, 18) and stack.dtype == np.uint16
+    np.testing.assert_array_equal(stack[:, 2], hr.transpose(2, 0, 1))
 
 
 def test_masked_l1_ignores_padded_phases() -> None:
