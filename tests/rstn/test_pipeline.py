@@ -104,7 +104,7 @@ def test_the_whole_test_chain_on_two_cases(synthetic_cache, tmp_path) -> None:
     out = tmp_path / "eval"
     overrides = ["experiment=demo", f"paths.output_dir={tmp_path}", f"data.cache_dir={synthetic_cache}",
                  f"data.split_file={split}", "eval.max_rounds=2", "eval.fine_batch_size=4", f"eval.out_dir={out}"]
-    overrides += [f"checkpoints.{p}={tmp_path}/{p}/last.ckpt" for p in "XYZ"]
+    overrides += [f"checkpoints.{p}={tmp_path}/{p}/final.ckpt" for p in "XYZ"]
     cfg = _compose("eval", overrides)
     for i, plane in enumerate("XYZ"):
         _checkpoint(tmp_path / plane / "final.ckpt", cfg.model, i)
