@@ -121,3 +121,14 @@ def test_the_whole_test_chain_on_two_cases(synthetic_cache, tmp_path) -> None:
         assert written.shape == data.shape and np.allclose(written.affine, affine, atol=1e-5)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stages"]["fusion"]["mean"] == pytest.approx(stages["fusion"]["mean"])
+
+
+def test_final_checkpoint_follows_the_last_epoch(synthetic_cache, tmp_path) -> None:
+    cfg = _compose("train", ["experiment=demo", "plane=Z", "logger=none", f"paths.output_dir={tmp_path}",
+                             f"data.cache_dir={synthetic_cache}", f"data.split_file={synthetic_cache}/splits.json",
+                             "data.synthetic=null", "trainer.max_epochs=3", "+trainer.limit_train_batches=1",
+                             "trainer.limit_val_batches=1", "+trainer.enable_progress_bar=false",
+                             "+trainer.enable_model_summary=false", "test_after_fit=false"])
+    train_planes(cfg)
+    final = torch.load(tmp_path / "Z" / "checkpoints" / "final.ckpt", map_location="cpu", weights_only=False)
+    assert final["epoch"] == 2 and final["global_step"] == 3 and final["rstn_mode"] == "J"
