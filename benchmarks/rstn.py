@@ -87,7 +87,7 @@ def quality_rows(out: Path, minutes: float) -> list[dict]:
     cache = VolumeCache(out / "cache")
     case = load_split(out / "cache" / "splits.json", 0)[1][0]
     image = np.asarray(cache.load(case, "image"), np.float32)
-    model = {"Z": load_plane_model(out / "run" / "Z" / "checkpoints" / "final.ckpt")}
+    model = {"Z": load_plane_model(out / "run" / "Z" / "checkpoints" / "last.ckpt")}
 
     def c2f() -> None:
         with torch.no_grad():

@@ -69,7 +69,7 @@ def run(out: Path, n_cases: int = 16, shape: tuple[int, int, int] = (64, 64, 32)
                                  "+trainer.enable_progress_bar=false", *common])
         train_planes(cfg)
     train_seconds = time.perf_counter() - start
-    ckpts = {p: out / "run" / p / "checkpoints" / "final.ckpt" for p in planes}
+    ckpts = {p: out / "run" / p / "checkpoints" / "last.ckpt" for p in planes}
     cfg = _compose("eval", ["experiment=demo", f"eval.out_dir={out / 'eval'}", "eval.fine_batch_size=16",
                             f"eval.planes=[{','.join(planes)}]", *common,
                             *[f"checkpoints.{p}={path}" for p, path in ckpts.items()]])

@@ -2,7 +2,7 @@
 
 Usage:
     python -m projects.rstn.predict --input ct.nii.gz --output mask.nii.gz \
-        --checkpoint X=outputs/rstn/nih_pancreas_fd0/X/checkpoints/final.ckpt --checkpoint Y=... --checkpoint Z=...
+        --checkpoint X=outputs/rstn/nih_pancreas_fd0/X/checkpoints/last.ckpt --checkpoint Y=... --checkpoint Z=...
 """
 
 from __future__ import annotations

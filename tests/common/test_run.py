@@ -63,6 +63,13 @@ def test_tensorboard_scalars_panels_and_new_version_per_fresh_run(tmp_path, toy_
     assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["version_0", "version_1"]
 
 
+def test_last_checkpoint_follows_training_even_without_improvement(tmp_path, toy_on_path):
+    train(_compose(tmp_path, "model.optimizer.lr=0", "trainer.max_epochs=3", "test_after_fit=false"))
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert (last["epoch"], best["epoch"]) == (2, 0)  # lr 0: the score never improves after epoch 0
+
+
 def _run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "RANK")}
     return subprocess.run([sys.executable, str(TOY / "train.py"), *args], cwd=cwd, env=env,

@@ -40,7 +40,7 @@ def test_every_experiment_composes(config: str, experiment: str, tmp_path) -> No
         assert cfg.model.optimizer.momentum == 0.99 and list(cfg.model.lr_multipliers) == [1, 2, 10, 20]
     if config == "eval":
         assert cfg.eval.max_rounds == 10 and cfg.eval.stop_inter_dsc == 0.99
-        assert str(cfg.checkpoints.Z).endswith(f"{experiment}_fd2/Z/checkpoints/final.ckpt")
+        assert str(cfg.checkpoints.Z).endswith(f"{experiment}_fd2/Z/checkpoints/last.ckpt")
 
 
 def test_mode_schedule_and_j_decay() -> None:
@@ -104,10 +104,10 @@ def test_the_whole_test_chain_on_two_cases(synthetic_cache, tmp_path) -> None:
     out = tmp_path / "eval"
     overrides = ["experiment=demo", f"paths.output_dir={tmp_path}", f"data.cache_dir={synthetic_cache}",
                  f"data.split_file={split}", "eval.max_rounds=2", "eval.fine_batch_size=4", f"eval.out_dir={out}"]
-    overrides += [f"checkpoints.{p}={tmp_path}/{p}/final.ckpt" for p in "XYZ"]
+    overrides += [f"checkpoints.{p}={tmp_path}/{p}/last.ckpt" for p in "XYZ"]
     cfg = _compose("eval", overrides)
     for i, plane in enumerate("XYZ"):
-        _checkpoint(tmp_path / plane / "final.ckpt", cfg.model, i)
+        _checkpoint(tmp_path / plane / "last.ckpt", cfg.model, i)
     result = evaluate_rstn(cfg)
     stages = result["stages"]
     for stage in ("coarse_X", "coarse_Y", "coarse_Z", "fusion", "oracle", "coarse2fine"):
@@ -123,12 +123,12 @@ def test_the_whole_test_chain_on_two_cases(synthetic_cache, tmp_path) -> None:
     assert summary["stages"]["fusion"]["mean"] == pytest.approx(stages["fusion"]["mean"])
 
 
-def test_final_checkpoint_follows_the_last_epoch(synthetic_cache, tmp_path) -> None:
+def test_last_checkpoint_follows_the_last_epoch(synthetic_cache, tmp_path) -> None:
     cfg = _compose("train", ["experiment=demo", "plane=Z", "logger=none", f"paths.output_dir={tmp_path}",
                              f"data.cache_dir={synthetic_cache}", f"data.split_file={synthetic_cache}/splits.json",
                              "data.synthetic=null", "trainer.max_epochs=3", "+trainer.limit_train_batches=1",
                              "trainer.limit_val_batches=1", "+trainer.enable_progress_bar=false",
                              "+trainer.enable_model_summary=false", "test_after_fit=false"])
     train_planes(cfg)
-    final = torch.load(tmp_path / "Z" / "checkpoints" / "final.ckpt", map_location="cpu", weights_only=False)
+    final = torch.load(tmp_path / "Z" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert final["epoch"] == 2 and final["global_step"] == 3 and final["rstn_mode"] == "J"
