@@ -35,12 +35,14 @@ class StylishUNet(nn.Module):
         size_fit: "resize" (bilinear resize to a multiple of 2**depth and back) or "pad" (zero padding).
         output: "hardsigmoid" (range [0, 1]) or "linear".
         spectral_norm: spectral normalisation of the 3x3 and down-sampling convolutions.
+        threshold_init: initial soft threshold of the skips (1.0 in the reference; with unit-variance
+            features it zeroes about two thirds of each skip at the start, 0.0 starts as an identity).
     """
 
     def __init__(self, in_channels: int = 2, out_channels: int = 1, min_channels: int = 32,
                  max_channels: int = 512, depth: int = 4, dropout: float = 0.5, style_dim: int | None = None,
                  modulation: str = "per_channel", size_fit: str = "resize", output: str = "hardsigmoid",
-                 spectral_norm: bool = True) -> None:
+                 spectral_norm: bool = True, threshold_init: float = 1.0) -> None:
         super().__init__()
         if size_fit not in ("resize", "pad") or output not in ("hardsigmoid", "linear"):
             raise ValueError(f"size_fit must be resize|pad and output hardsigmoid|linear, got {size_fit}, {output}")
@@ -57,7 +59,7 @@ class StylishUNet(nn.Module):
         self.bottleneck = stage(Block(widths[-1], spectral_norm), widths[-1])
         self.ups = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 3, 2, 1, output_padding=1)
                                  for i in reversed(range(depth)))
-        self.thresholds = nn.ModuleList(SoftThreshold() for _ in range(depth))
+        self.thresholds = nn.ModuleList(SoftThreshold(threshold_init) for _ in range(depth))
         self.decoders = nn.ModuleList(stage(FuseBlock(widths[i], dropout, spectral_norm), widths[i])
                                       for i in reversed(range(depth)))
         self.out = nn.Conv2d(widths[0], out_channels, 1)
