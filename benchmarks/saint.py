@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.harness import measure, print_table, write_results
-from projects.saint.model import SAINT, distance_map
+from projects.saint.model import PIXELS_PER_PASS, SAINT, distance_map
 from projects.saint.module import masked_l1
 from projects.saint.runtime import choose_threads
 
@@ -95,7 +95,7 @@ def _net(channels_last: bool) -> SAINT:
     return net.to(memory_format=torch.channels_last) if channels_last else net
 
 
-def inference_rows_256(plane_batch: int) -> list[dict]:
+def inference_rows_256(plane_batch: int | None) -> list[dict]:
     rows = []
     vol = torch.rand(256, 256, 6) * 4000
     for name, cl, bf16 in (("fp32", False, False), ("bf16 autocast channels_last", True, True)):
@@ -112,7 +112,7 @@ def inference_rows_256(plane_batch: int) -> list[dict]:
     return rows
 
 
-def inference_rows_512(plane_batch: int, n_planes: int, n_slices: int) -> list[dict]:
+def inference_rows_512(plane_batch: int | None, n_planes: int, n_slices: int) -> list[dict]:
     """512 x 512 x 60 -> 240: time per plane batch and per axial slice measured on a slab, then extrapolated."""
     rows = []
     size, z_lr, f = 512, 60, 4
@@ -125,11 +125,11 @@ def inference_rows_512(plane_batch: int, n_planes: int, n_slices: int) -> list[d
 
         def msr(net: SAINT = net, bf16: bool = bf16) -> None:
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                net._marginal(slab, 0, dist, plane_batch)
+                net._marginal(slab, 0, dist, plane_batch or max(1, PIXELS_PER_PASS // (size * z_lr)))
 
         def rfn(net: SAINT = net, bf16: bool = bf16) -> None:
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                net.fuse(views[0], views[1], "rfn", plane_batch)
+                net.fuse(views[0], views[1], "rfn")
 
         t_msr, t_rfn = measure(msr, repeat=1, warmup=0), measure(rfn, repeat=1, warmup=0)
         total = t_msr["median_s"] * (2 * size / n_planes) + t_rfn["median_s"] * (z_lr * f / n_slices)
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--out", default=None, help="demo output folder (default: a temporary folder)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--plane-batch", type=int, default=16)
+    parser.add_argument("--plane-batch", type=int, default=None, help="default: by pixel budget")
     parser.add_argument("--msr-seconds", type=int, default=150, help="stage-1 training time of the quality run")
     parser.add_argument("--rfn-seconds", type=int, default=30, help="stage-2 training time of the quality run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as the demo chooses)")

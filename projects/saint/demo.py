@@ -84,7 +84,7 @@ def score_held_out(ckpt: Path, cache_dir: Path, factors: Sequence[int]) -> dict:
     net, rfn_trained = load_saint(ckpt)
     cache = VolumeCache(cache_dir)
     cases = split_cases(cache.case_ids(), PAPER_SPLIT, val_count=2).test
-    cfg = OmegaConf.create({"model": {"crop_fraction": 0.5, "plane_batch": 32}, "baselines": ["cubic", "linear"]})
+    cfg = OmegaConf.create({"model": {"crop_fraction": 0.5, "plane_batch": None}, "baselines": ["cubic", "linear"]})
     fuses = ["rfn", "mean"] if rfn_trained else ["mean"]
     results = {}
     for f in factors:

@@ -59,7 +59,7 @@ def score_case(net: SAINT, item: dict, cfg: DictConfig, fuses: list[str]) -> dic
     outputs = {"SAINT view x (MSR)": (view_x, views_seconds), "SAINT view y (MSR)": (view_y, views_seconds)}
     for mode in fuses:
         start = time.perf_counter()
-        fused = net.fuse(view_x, view_y, mode, cfg.model.plane_batch)
+        fused = net.fuse(view_x, view_y, mode)
         outputs[f"SAINT {mode} fusion"] = (fused, views_seconds + time.perf_counter() - start)
     for kind in cfg.baselines:
         start = time.perf_counter()

@@ -40,7 +40,7 @@ def _source(msr_ckpt: str | Path) -> dict[str, Any]:
 
 
 def build_fusion_inputs(net: SAINT, cache: VolumeCache, case_ids: Sequence[str], factors: Sequence[int],
-                        out_dir: str | Path, source: dict[str, Any], plane_batch: int = 8) -> list[Path]:
+                        out_dir: str | Path, source: dict[str, Any], plane_batch: int | None = None) -> list[Path]:
     """Writes the stage-1 outputs of every (case, factor) not yet built from `source`; returns all the files.
 
     Args:
@@ -50,7 +50,7 @@ def build_fusion_inputs(net: SAINT, cache: VolumeCache, case_ids: Sequence[str],
         factors: factors to run (the RFN serves every factor).
         out_dir: folder of the `<case>_x<f>.npy` files.
         source: identity of the MSR weights; files built from other weights are rebuilt.
-        plane_batch: planes per MSR pass.
+        plane_batch: planes per MSR pass (None: by pixel budget).
     """
     out_dir = Path(out_dir)
     record = out_dir / SOURCE_FILE
@@ -136,7 +136,7 @@ class FusionDataModule(SaintDataModule):
     """
 
     def __init__(self, net: DictConfig | dict, msr_ckpt: str, stage1_dir: str, patch: int | None = None,
-                 plane_batch: int = 8, **kwargs: Any) -> None:
+                 plane_batch: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(logger=False)
 

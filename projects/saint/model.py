@@ -23,6 +23,8 @@ from torch import nn
 from common.inference import predict_by_slices
 
 MAX_INTENSITY = 4000.0  # HU + 1024 clipped to [0, 4000]
+# Pixels per inference pass when no batch size is given: about 1 GB of activations at the paper's width.
+PIXELS_PER_PASS = 2**18
 
 
 def distance_map(f: int, dz_mm: float, dxy_mm: float, n_phase: int | None = None) -> np.ndarray:
@@ -284,14 +286,15 @@ class SAINT(MSRNet):
 
     @torch.no_grad()
     def infer_views(self, vol: torch.Tensor, spacing: Sequence[float], f: int,
-                    plane_batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+                    plane_batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the two marginal super-resolutions of a thick-slice volume.
 
         Args:
             vol: `[X, Y, Z_lr]` float32, raw intensities (0..4000), z the slice axis.
             spacing: `(sx, sy, sz_hr)` in mm, sz_hr = the low-resolution slice spacing / f.
             f: integer factor; high-resolution slice `z * f + k` is phase k of low-resolution slice z.
-            plane_batch: planes per forward pass (memory: about `plane_batch * H * Z_lr * 1.7 kB` at g0=64).
+            plane_batch: planes per forward pass (memory: about `plane_batch * H * Z_lr * 4 kB` at g0=64);
+                None: as many as fit in `PIXELS_PER_PASS` pixels.
 
         Returns:
             `(view_x, view_y)`, each `[X, Y, Z_lr * f]` float32 clamped to [0, 4000]: from planes of
@@ -302,17 +305,20 @@ class SAINT(MSRNet):
         vol = vol.to(device=device, dtype=torch.float32)
         dist_x = torch.from_numpy(distance_map(f, sz, sy))[None].to(device)
         dist_y = torch.from_numpy(distance_map(f, sz, sx))[None].to(device)
-        return self._marginal(vol, 0, dist_x, plane_batch), self._marginal(vol, 1, dist_y, plane_batch)
+        x_count, y_count, z_lr = vol.shape
+        batch_x = plane_batch or max(1, PIXELS_PER_PASS // (y_count * z_lr))
+        batch_y = plane_batch or max(1, PIXELS_PER_PASS // (x_count * z_lr))
+        return self._marginal(vol, 0, dist_x, batch_x), self._marginal(vol, 1, dist_y, batch_y)
 
     @torch.no_grad()
     def fuse(self, view_x: torch.Tensor, view_y: torch.Tensor, mode: str = "rfn",
-             slice_batch: int = 8) -> torch.Tensor:
+             slice_batch: int | None = None) -> torch.Tensor:
         """Returns the fused volume `[X, Y, Z]` float32 in [0, 4000] from the two views `[X, Y, Z]`.
 
         Args:
             view_x, view_y: outputs of `infer_views`.
             mode: "rfn" (residual fusion net over axial slices, in batches) or "mean".
-            slice_batch: axial slices per RFN pass.
+            slice_batch: axial slices per RFN pass (None: as many as fit in `PIXELS_PER_PASS` pixels).
 
         Raises:
             ValueError: unknown mode.
@@ -322,6 +328,7 @@ class SAINT(MSRNet):
         if mode != "rfn":
             raise ValueError(f"fuse must be 'rfn' or 'mean', got {mode!r}")
         out = torch.empty_like(view_x)
+        slice_batch = slice_batch or max(1, PIXELS_PER_PASS // (view_x.shape[0] * view_x.shape[1]))
         for start in range(0, view_x.shape[2], slice_batch):
             stop = min(start + slice_batch, view_x.shape[2])
             pair = torch.stack([view_x[:, :, start:stop], view_y[:, :, start:stop]], dim=0)  # [2, X, Y, b]
@@ -330,10 +337,10 @@ class SAINT(MSRNet):
         return out
 
     def infer_volume(self, vol: torch.Tensor, spacing: Sequence[float], f: int, fuse: str = "rfn",
-                     plane_batch: int = 8) -> torch.Tensor:
+                     plane_batch: int | None = None) -> torch.Tensor:
         """Returns the thin-slice volume `[X, Y, Z_lr * f]` float32 in [0, 4000] (see `infer_views`, `fuse`)."""
         view_x, view_y = self.infer_views(vol, spacing, f, plane_batch)
-        return self.fuse(view_x, view_y, fuse, plane_batch)
+        return self.fuse(view_x, view_y, fuse)
 
 
 def reference_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

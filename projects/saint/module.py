@@ -37,7 +37,7 @@ class SaintModule(ConfiguredModule):
         init_ckpt: optional weights (e.g. the reference's `model_comb.pt`) loaded into the whole net at fitting.
         eval_fuse: how validation and test fuse the two views: "mean" or "rfn".
         eval_factors: factors scored at validation and test (one metric per factor).
-        plane_batch: planes (and axial slices) per inference pass.
+        plane_batch: planes per inference pass (None: by pixel budget, see `model.PIXELS_PER_PASS`).
         crop_fraction: central fraction of x and y scored by the protocol.
         channels_last: keep weights and training inputs channels-last (faster 2-D convolutions on CPU).
     """
@@ -46,7 +46,7 @@ class SaintModule(ConfiguredModule):
                  scheduler: DictConfig | dict | None = None, scheduler_interval: str = "epoch",
                  monitor: str = "val/psnr", stage: str = "msr", msr_ckpt: str | None = None,
                  init_ckpt: str | None = None, eval_fuse: str = "mean", eval_factors: Sequence[int] = (4, 6),
-                 plane_batch: int = 8, crop_fraction: float = 0.5, channels_last: bool = False) -> None:
+                 plane_batch: int | None = None, crop_fraction: float = 0.5, channels_last: bool = False) -> None:
         super().__init__(net, optimizer, scheduler, scheduler_interval, monitor)
         if stage not in ("msr", "rfn"):
             raise ValueError(f"stage must be 'msr' or 'rfn', got {stage!r}")
@@ -91,7 +91,7 @@ class SaintModule(ConfiguredModule):
             view_x, view_y = item["views"][0], item["views"][1]
         else:
             view_x, view_y = self.net.infer_views(item["lr"], item["spacing"], item["f"], self.hparams.plane_batch)
-        fused = self.net.fuse(view_x, view_y, fuse or self.hparams.eval_fuse, self.hparams.plane_batch)
+        fused = self.net.fuse(view_x, view_y, fuse or self.hparams.eval_fuse)
         return fused, view_x, view_y
 
     def _score(self, item: dict[str, Any], with_ssim: bool) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ from projects.saint.runtime import set_threads
 
 
 def synthesise_hu(net: SAINT, hu: np.ndarray, spacing: tuple[float, float, float], factor: int,
-                  fuse: str = "rfn", plane_batch: int = 8) -> np.ndarray:
+                  fuse: str = "rfn", plane_batch: int | None = None) -> np.ndarray:
     """Returns the thin-slice volume in HU, float32 `[X, Y, Z * factor]`, for a thick-slice `[X, Y, Z]` in HU.
 
     Args:
@@ -35,7 +35,7 @@ def synthesise_hu(net: SAINT, hu: np.ndarray, spacing: tuple[float, float, float
         spacing: input voxel size (sx, sy, sz) in mm.
         factor: integer factor along z.
         fuse: "rfn" or "mean".
-        plane_batch: planes per pass.
+        plane_batch: planes per pass (None: by pixel budget).
     """
     sx, sy, sz = spacing
     lr = torch.from_numpy(offset_intensities(hu).astype(np.float32))
@@ -45,7 +45,7 @@ def synthesise_hu(net: SAINT, hu: np.ndarray, spacing: tuple[float, float, float
 
 
 def predict_file(input_path: str | Path, output_path: str | Path, ckpt: str | Path, factor: int,
-                 fuse: str | None = None, plane_batch: int = 8) -> Path:
+                 fuse: str | None = None, plane_batch: int | None = None) -> Path:
     """Writes the thin-slice NIfTI of `input_path` to `output_path`; returns the output path.
 
     Args:
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt", required=True, help="SAINT checkpoint (Lightning .ckpt or model_comb.pt)")
     parser.add_argument("--factor", type=int, default=4)
     parser.add_argument("--fuse", choices=["rfn", "mean"], default=None)
-    parser.add_argument("--plane-batch", type=int, default=8)
+    parser.add_argument("--plane-batch", type=int, default=None, help="planes per pass (default: by pixel budget)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: by load)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
