@@ -33,8 +33,6 @@ from projects.spin.prepare import volume_xyz
 from projects.spin.splits import load_split
 
 REFERENCE = {"train_step_s": 5.2, "scan_s": 20.6, "target_step_s": 2.6, "target_scan_s": 7.0}
-UNET_SMALL = ["model=unet", "data.n_chunk=1", "model.net.encoder_widths=[16,24,32,48,48]",
-              "model.net.decoder_widths=[48,32,24,16,8]"]
 
 
 def _train_step(bf16: bool, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.nn.Module, Callable[[], None]]:
@@ -90,8 +88,8 @@ class _ChannelsLast(torch.nn.Module):
         return self.net(x.contiguous(memory_format=torch.channels_last))
 
 
-def _train_and_score(name: str, out: Path, overrides: list[str], data_root: Path) -> dict:
-    cfg = compose_demo(out, [f"data.root={data_root}", "logger=none", *overrides])
+def _train_and_score(name: str, out: Path, overrides: list[str], data_root: Path, experiment: str) -> dict:
+    cfg = compose_demo(out, [f"data.root={data_root}", "logger=none", *overrides], experiment)
     start = time.perf_counter()
     train(cfg)
     seconds = time.perf_counter() - start
@@ -118,9 +116,9 @@ def quality_rows(epochs: int, n_train: int) -> list[dict]:
         budget = [f"trainer.max_epochs={epochs}", f"data.n_train={n_train}", "data.n_test=6",
                   f"model.scheduler.milestones=[{epochs // 2},{3 * epochs // 4}]",
                   f"model.gate_switch_epoch={3 * epochs // 4}", "trainer.check_val_every_n_epoch=5"]
-        rows = [_train_and_score("SPiN (reduced width, 5 slices)", root / "spin", budget, root / "data"),
-                _train_and_score("U-Net (reduced width, 1 slice)", root / "unet", [*budget, *UNET_SMALL],
-                                 root / "data")]
+        rows = [_train_and_score("SPiN (reduced width, 5 slices)", root / "spin", budget, root / "data", "demo"),
+                _train_and_score("U-Net (reduced width, 1 slice)", root / "unet", budget, root / "data",
+                                 "demo_unet")]
         cache = VolumeCache(root / "data" / "cache")
         split = load_split(root / "data" / "split.json")
         tuned = tune_threshold(cache, split["train"])
@@ -135,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and epochs (a smoke run)")
     parser.add_argument("--threads", default="auto", help="torch threads, or auto (1 on a busy CPU)")
     parser.add_argument("--skip-quality", action="store_true", help="speed rows only")
+    parser.add_argument("--skip-speed", action="store_true", help="quality rows only")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
     torch.set_num_threads(choose_threads(args.threads))
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                "params": count_parameters(SPiN(build_unused_shortcut=True))},
               {"row": "U-Net baseline (VGG-13 encoder)", "params": count_parameters(UNet())}]
     print_table(params, "Parameters")
-    speed = speed_rows(repeat=2 if args.quick else 3)
+    speed = [] if args.skip_speed else speed_rows(repeat=2 if args.quick else 3)
     print_table(speed, f"Speed (median wall time, torch threads = {torch.get_num_threads()})")
     quality = [] if args.skip_quality else quality_rows(epochs=6 if args.quick else 40,
                                                          n_train=8 if args.quick else 16)

@@ -32,11 +32,11 @@ from projects.spin.prepare import volume_xyz
 from projects.spin.splits import load_split
 
 
-def compose_demo(out: Path, overrides: list[str] | None = None) -> DictConfig:
-    """Returns the composed ``experiment=demo`` config with its data and run folder under ``out``."""
+def compose_demo(out: Path, overrides: list[str] | None = None, experiment: str = "demo") -> DictConfig:
+    """Returns the composed ``experiment=demo`` (or another) config with its data and run folder under ``out``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_ROOT / "spin"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=demo", f"data.root={out / 'data'}",
+        cfg = compose("train", overrides=[f"experiment={experiment}", f"data.root={out / 'data'}",
                                           f"paths.output_dir={out / 'run'}", "test_after_fit=false",
                                           *(overrides or [])], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)

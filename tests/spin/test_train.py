@@ -36,7 +36,7 @@ def _fixture_data(atlas_fixture: dict) -> list[str]:
             "callbacks=minimal"]
 
 
-@pytest.mark.parametrize("experiment", ["atlas_traintest", "atlas_6fold", "unet_atlas_traintest", "demo"])
+@pytest.mark.parametrize("experiment", ["atlas_traintest", "atlas_6fold", "unet_atlas_traintest", "demo", "demo_unet"])
 def test_experiments_compose(experiment: str, tmp_path: Path) -> None:
     cfg = _compose([f"experiment={experiment}", f"paths.output_dir={tmp_path}"])
     assert cfg.monitor.metric == "val/dice"
@@ -44,7 +44,7 @@ def test_experiments_compose(experiment: str, tmp_path: Path) -> None:
         assert cfg.trainer.max_epochs == 1600 and cfg.data.batch_size == 8
         assert cfg.model.optimizer.lr == 3e-4 and cfg.model.pos_weight == 1.5
         assert cfg.reference_params.net == 5_165_984
-    if experiment == "unet_atlas_traintest":
+    if experiment in ("unet_atlas_traintest", "demo_unet"):
         assert cfg.model.net.in_ch == 1 and cfg.model.net._target_.endswith("UNet")
 
 
