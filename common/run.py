@@ -154,6 +154,23 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if hasattr(v, "__float__")}
 
 
+def _set_threads(cfg: DictConfig) -> None:
+    """Applies `threads=N` (torch intra-op threads per process); null keeps torch's default."""
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+
+
+def _strategy_for(cfg: DictConfig, module: pl.LightningModule) -> dict[str, Any]:
+    """Returns a strategy override for modules that leave parameters without gradient in some backward passes.
+
+    A GAN trained with manual optimisation runs one backward for the generator and one for the discriminator;
+    plain DDP would wait for gradients that never come. Such a module sets `ddp_find_unused_parameters = True`.
+    """
+    if str(cfg.trainer.get("strategy")) == "ddp" and getattr(module, "ddp_find_unused_parameters", False):
+        return {"strategy": "ddp_find_unused_parameters_true"}
+    return {}
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fits `cfg.model` on `cfg.data` with `cfg.trainer`, then tests the best checkpoint.
 
@@ -162,13 +179,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     if _is_multirun_ddp(cfg):
         return _run_job_as_child()
+    _set_threads(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     out = output_dir(cfg)
     ckpt_path = resolve_ckpt_path(cfg)
     datamodule = instantiate(cfg.data, _recursive_=False)
     module = instantiate(cfg.model, _recursive_=False)
     callbacks = _instantiate_dict(cfg.get("callbacks")) + [ConfigInCheckpoint(cfg)]
-    trainer = build_trainer(cfg, callbacks, _loggers(cfg, resuming=ckpt_path is not None))
+    trainer = build_trainer(cfg, callbacks, _loggers(cfg, resuming=ckpt_path is not None),
+                            **_strategy_for(cfg, module))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     results = _scalars(trainer.callback_metrics)
     if cfg.get("test_after_fit", True) and not getattr(trainer, "fast_dev_run", False):
@@ -197,6 +216,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Tests `cfg.ckpt_path` on the configured test data in one process; writes `<run dir>/eval_metrics.json`."""
     if not cfg.get("ckpt_path"):
         raise DataError(None, "eval needs ckpt_path=PATH (or ckpt_path=last for this run's last checkpoint)")
+    _set_threads(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     ckpt = resolve_ckpt_path(cfg)
     if ckpt is None:

@@ -70,6 +70,20 @@ def test_last_checkpoint_follows_training_even_without_improvement(tmp_path, toy
     assert (last["epoch"], best["epoch"]) == (2, 0)  # lr 0: the score never improves after epoch 0
 
 
+def test_gan_modules_get_a_ddp_strategy_that_tolerates_unused_parameters(tmp_path):
+    from omegaconf import OmegaConf
+
+    from common.run import _strategy_for
+
+    class Gan(torch.nn.Module):
+        ddp_find_unused_parameters = True
+
+    ddp = OmegaConf.create({"trainer": {"strategy": "ddp"}})
+    assert _strategy_for(ddp, Gan()) == {"strategy": "ddp_find_unused_parameters_true"}
+    assert _strategy_for(ddp, torch.nn.Linear(1, 1)) == {}
+    assert _strategy_for(OmegaConf.create({"trainer": {"strategy": "auto"}}), Gan()) == {}
+
+
 def _run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "RANK")}
     return subprocess.run([sys.executable, str(TOY / "train.py"), *args], cwd=cwd, env=env,
