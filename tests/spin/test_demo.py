@@ -11,7 +11,7 @@ import numpy as np
 from projects.spin.demo import choose_threads, run_demo, threshold_mask
 
 TINY = ["data.n_train=4", "data.n_test=2", "data.shape=[32,40,24]", "data.samples_per_scan=1", "data.batch_size=4",
-        "trainer.max_epochs=1", "logger=none", "model.net.embedding_width=4", "model.net.encoder_widths=[8,8,8,8,8]",
+        "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "logger=none", "model.net.embedding_width=4", "model.net.encoder_widths=[8,8,8,8,8]",
         "model.net.decoder_widths=[8,8,8,8,8,8]", "model.net.downsampler_widths=[4,4]"]
 
 
