@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from nibabel import orientations
 
+from common.checkpoint import module_from_checkpoint
 from common.errors import DataError
 from common.inference import predict_by_slices
 from common.io.nifti import load_nifti, save_nifti
@@ -95,19 +95,8 @@ def load_checkpoint_module(ckpt_path: str | Path) -> tuple[torch.nn.Module, int]
     Raises:
         DataError: missing or unreadable checkpoint, or one without the run config.
     """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise DataError(path, "checkpoint file not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a corrupt file
-        raise DataError(path, f"cannot read checkpoint ({type(err).__name__}: {err})") from err
-    config = ckpt.get("run_config") if isinstance(ckpt, dict) else None
-    if not config or "state_dict" not in ckpt:
-        raise DataError(path, "not a checkpoint of projects/spin/train.py (no run_config or state_dict)")
-    module = instantiate(config["model"], _recursive_=False)
-    module.load_state_dict(ckpt["state_dict"])
-    return module.eval(), int(config["data"]["n_chunk"])
+    module, config = module_from_checkpoint(ckpt_path)
+    return module, int(config["data"]["n_chunk"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from common.synthetic.ct import CT_LABELS, ct_abdomen
 from projects.rstn.prepare import prepare_synthetic
@@ -30,11 +29,3 @@ def synthetic_cache(tmp_path_factory: pytest.TempPathFactory):
     prepare_synthetic(root, 8, (32, 32, 16), seed=3)
     return root
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Runs each test on one torch thread: tiny tensors, and far faster on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

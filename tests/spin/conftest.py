@@ -29,13 +29,3 @@ def raw_scan(atlas_fixture: dict) -> Path:
     scan = atlas_fixture["ids"][0]
     return atlas_fixture["raw"] / scan[:5] / scan
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tests run tiny tensors: one thread avoids the cost of spinning up a second one (restored after)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
