@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from common.io.atomic import save_json
-from common.io.nifti import save_nifti
+from common.synthetic import write_atlas_tree as write_atlas_layout
 from common.synthetic.brain import brain_t1
 from projects.spin.data import ATLASDataModule
 from projects.spin.prepare import prepare
@@ -52,17 +52,12 @@ def write_atlas_tree(root: str | os.PathLike, scan_ids: Sequence[str], shape: Se
     Returns:
         The scan folders.
     """
-    folders = {}
+    scans = {}
     for i, scan in enumerate(scan_ids):
         t1, lesion, affine = brain_t1(seed + i, shape=shape, n_lesions=n_lesions, small_fraction=small_fraction,
                                       template=template)
-        folder = Path(root) / scan[:5] / scan
-        save_nifti(folder / f"{scan}_t1w_stx.nii.gz", t1, affine)
-        for k, part in enumerate(_mask_parts(lesion)):
-            suffix = "" if k == 0 else f"_{k}"
-            save_nifti(folder / f"{scan}_LesionSmooth{suffix}_stx.nii.gz", part, affine, dtype=np.uint8)
-        folders[scan] = folder
-    return folders
+        scans[scan] = (t1, _mask_parts(lesion), affine)
+    return dict(zip(scans, write_atlas_layout(root, scans)))
 
 
 class SyntheticATLASDataModule(ATLASDataModule):
