@@ -51,7 +51,7 @@ def predict_by_slices(predict_fn: Callable[[torch.Tensor], torch.Tensor], volume
         padded, shift = torch.cat([pad, vol, pad]), context
     else:
         padded, shift = vol, 0
-    outputs: list[torch.Tensor] = []
+    result: torch.Tensor | None = None  # [n, h', w'] or [n, C, h', w'], filled batch by batch
     for start in range(0, n, batch_size):
         centre = np.arange(start, min(start + batch_size, n))
         if shift:
@@ -59,11 +59,14 @@ def predict_by_slices(predict_fn: Callable[[torch.Tensor], torch.Tensor], volume
         else:
             index = _neighbour_indices(n, centre, context)
         batch = padded[torch.as_tensor(index)].to(device)
-        outputs.append(predict_fn(batch).to("cpu", out_dtype))
-    stacked = torch.cat(outputs)  # [n, h', w'] or [n, C, h', w']
-    if stacked.dim() == 3:
-        return stacked.movedim(0, axis)
-    return stacked.movedim(1, 0).movedim(1, axis + 1)
+        pred = predict_fn(batch).to("cpu", out_dtype)
+        if result is None:  # preallocated once: no list of batches concatenated at the end
+            result = torch.empty((n, *pred.shape[1:]), dtype=out_dtype)
+        result[start:start + len(centre)] = pred
+    assert result is not None
+    if result.dim() == 3:
+        return result.movedim(0, axis)
+    return result.movedim(1, 0).movedim(1, axis + 1)
 
 
 def _starts(size: int, patch: int, step: int) -> list[int]:

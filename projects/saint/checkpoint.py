@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from common.checkpoint import read_checkpoint
 from common.errors import DataError
 from projects.saint.model import SAINT, reference_state_dict
 
@@ -19,14 +20,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Raises:
         DataError: missing or unreadable file, or no tensors in it.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "checkpoint file not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a corrupt file
-        raise DataError(path, f"cannot read checkpoint ({type(err).__name__}: {err})") from err
-    if isinstance(ckpt, dict) and "state_dict" in ckpt:
+    ckpt = read_checkpoint(path)
+    if "state_dict" in ckpt:
         state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     else:
         state = ckpt
