@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from common.synthetic import ct_abdomen, write_msd_task
 from projects.saint.demo import write_demo_msd
@@ -13,14 +12,6 @@ from projects.saint.prepare import prepare
 
 TINY_SHAPE = (20, 18, 28)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run faster on one thread, and do not stall when other processes load the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
