@@ -34,13 +34,3 @@ def write_tree(root: Path, size: int = SIZE, slices: int = 3) -> Path:
 def fastmri_root(tmp_path_factory) -> Path:
     return write_tree(tmp_path_factory.mktemp("fastmri"))
 
-
-@pytest.fixture(autouse=True, scope="session")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids the thread hand-off cost that dominates on a busy 2-core box."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
