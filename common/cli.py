@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -16,3 +17,17 @@ def exit_on_data_error(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def exit_code_on_data_error(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorates a command's `main(argv) -> int`: a `DataError` prints `error: <file>: <problem>` and returns 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        try:
+            return main(*args, **kwargs)
+        except DataError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
+    return wrapper

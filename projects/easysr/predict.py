@@ -76,12 +76,9 @@ def predict(cfg: DictConfig) -> Path:
 if __name__ == "__main__":
     import hydra
 
+    from common.cli import exit_on_data_error  # light: no Lightning import at start-up
+
     def _main(cfg: DictConfig) -> None:
-        # The light twin of common.run.cli (which imports Lightning): bad input -> one line, exit code 2.
-        try:
-            predict(cfg)
-        except DataError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+        exit_on_data_error(predict, cfg)
 
     hydra.main(config_path=str(CONF_DIR), config_name="predict", version_base="1.3")(_main)()

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from common.cli import exit_code_on_data_error
 from common.errors import DataError
 from common.io import load_nifti, scale_axis_affine
 from common.io.cache import VolumeCache
@@ -161,6 +162,7 @@ def build_cache(raw_dir: str | Path, cache_dir: str | Path, axis: int = 1, scale
     return cache
 
 
+@exit_code_on_data_error
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (2 on bad data)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -172,12 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        cache = build_cache(args.raw, args.cache, args.axis, args.scale, args.val_fraction, args.seed,
-                            force=args.force)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cache = build_cache(args.raw, args.cache, args.axis, args.scale, args.val_fraction, args.seed,
+                        force=args.force)
     print(f"{len(cache)} cases in {cache.root}")
     return 0
 

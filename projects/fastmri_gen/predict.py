@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common.errors import DataError
+from common.cli import exit_code_on_data_error
 from common.io import write_reconstructions
 from projects.fastmri_gen.data import FastMRIDataModule
 from projects.fastmri_gen.eval import load_checkpoint_module, reconstruct_split
@@ -40,6 +40,7 @@ def predict(ckpt: str | Path, input_path: str | Path, out_dir: str | Path, accel
     return write_reconstructions(out_dir, recons)
 
 
+@exit_code_on_data_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", required=True, type=Path)
@@ -48,11 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--acceleration", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
-    try:
-        written = predict(args.ckpt, args.input, args.out, args.acceleration, args.batch_size)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    written = predict(args.ckpt, args.input, args.out, args.acceleration, args.batch_size)
     print(f"{len(written)} reconstruction(s) written to {args.out}")
     return 0
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common.cli import exit_code_on_data_error
 from common.errors import DataError
 from common.io import FastMRIFile, save_json, validate_fastmri_file
 
@@ -116,6 +117,7 @@ def write_synthetic_tree(root: str | os.PathLike, train_volumes: int = 12, val_v
     return root
 
 
+@exit_code_on_data_error
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: index the split folders that exist under `--data-dir`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -124,19 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", nargs="+", default=list(SPLITS))
     parser.add_argument("--synthetic", action="store_true", help="first write a small synthetic tree in --data-dir")
     args = parser.parse_args(argv)
-    try:
-        if args.synthetic:
-            write_synthetic_tree(args.data_dir)
-        for split in args.splits:
-            folder = args.data_dir / split
-            if not folder.is_dir():
-                print(f"{folder}: absent, skipped")
-                continue
-            volumes = load_or_build_index(folder, args.cache_dir, require_target=split != "singlecoil_test")
-            print(f"{split}: {len(volumes)} volumes, {sum(v['slices'] for v in volumes)} slices")
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.synthetic:
+        write_synthetic_tree(args.data_dir)
+    for split in args.splits:
+        folder = args.data_dir / split
+        if not folder.is_dir():
+            print(f"{folder}: absent, skipped")
+            continue
+        volumes = load_or_build_index(folder, args.cache_dir, require_target=split != "singlecoil_test")
+        print(f"{split}: {len(volumes)} volumes, {sum(v['slices'] for v in volumes)} slices")
     return 0
 
 

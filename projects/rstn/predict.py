@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.cli import exit_code_on_data_error
 from common.errors import DataError
 from common.io.nifti import load_nifti, save_nifti
 from projects.rstn.eval import load_plane_model
@@ -49,6 +50,7 @@ def _checkpoints(items: Sequence[str]) -> dict[str, str]:
     return pairs
 
 
+@exit_code_on_data_error
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (2 on bad input)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
@@ -59,15 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stop-inter-dsc", type=float, default=0.99)
     parser.add_argument("--fine-batch-size", type=int, default=1)
     args = parser.parse_args(argv)
-    try:
-        models = {p: load_plane_model(path) for p, path in _checkpoints(args.checkpoint).items()}
-        volume = load_nifti(args.input, dtype=np.float32)
-        mask = predict_volume(volume.data, volume.affine, models, args.max_rounds, args.stop_inter_dsc,
-                              fine_batch_size=args.fine_batch_size)
-        save_nifti(Path(args.output), mask, volume.affine, header=volume.header, dtype=np.uint8)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    models = {p: load_plane_model(path) for p, path in _checkpoints(args.checkpoint).items()}
+    volume = load_nifti(args.input, dtype=np.float32)
+    mask = predict_volume(volume.data, volume.affine, models, args.max_rounds, args.stop_inter_dsc,
+                          fine_batch_size=args.fine_batch_size)
+    save_nifti(Path(args.output), mask, volume.affine, header=volume.header, dtype=np.uint8)
     print(f"wrote {args.output}: {int(mask.sum())} pancreas voxels")
     return 0
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import exit_code_on_data_error
 from common.errors import DataError
 from common.io.atomic import save_json
 from common.io.cache import VolumeCache
@@ -187,6 +188,7 @@ def prepare_synthetic(cache_root: str | Path, n_cases: int, shape: Sequence[int]
     return ids
 
 
+@exit_code_on_data_error
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (2 on bad input)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
@@ -197,14 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="NIH: align labels by their affine, or take the array as stored")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if args.layout == "nih":
-            ids = prepare_nih(args.src, args.cache, args.label_layout)
-        else:
-            ids = prepare_msd(args.src, args.cache)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.layout == "nih":
+        ids = prepare_nih(args.src, args.cache, args.label_layout)
+    else:
+        ids = prepare_msd(args.src, args.cache)
     print(f"cached {len(ids)} cases in {args.cache}")
     return 0
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.cli import exit_code_on_data_error
 from common.errors import DataError
 from common.io.nifti import load_nifti, save_nifti, scale_axis_affine, voxel_spacing
 from projects.saint.checkpoint import load_saint
@@ -71,6 +72,7 @@ def predict_file(input_path: str | Path, output_path: str | Path, ckpt: str | Pa
     return save_nifti(output_path, thin, affine, header=volume.header, dtype=np.int16)
 
 
+@exit_code_on_data_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--input", required=True, help="thick-slice CT NIfTI (HU)")
@@ -82,11 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: by load)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
-    try:
-        out = predict_file(args.input, args.output, args.ckpt, args.factor, args.fuse, args.plane_batch)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    out = predict_file(args.input, args.output, args.ckpt, args.factor, args.fuse, args.plane_batch)
     print(f"wrote {out}")
     return 0
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import exit_code_on_data_error
 from common.errors import DataError
 from common.io.atomic import save_json
 from common.io.cache import VolumeCache
@@ -160,6 +161,7 @@ def prepare(roots: Iterable[str | Path], out: str | Path, metal_range: float = M
     return report
 
 
+@exit_code_on_data_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--msd", nargs="+", required=True, help="MSD root(s) or task folder(s)")
@@ -169,11 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", default=list(PAPER_TASKS), help="task folders to take from a root")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        report = prepare(args.msd, args.out, args.metal_range, args.overwrite, args.tasks)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    report = prepare(args.msd, args.out, args.metal_range, args.overwrite, args.tasks)
     rejected = {k: v for k, v in report.items() if not v.startswith("ok")}
     print(f"{len(report) - len(rejected)} case(s) cached in {args.out}, {len(rejected)} rejected")
     return 0

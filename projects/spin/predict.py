@@ -20,7 +20,7 @@ import torch
 from nibabel import orientations
 
 from common.checkpoint import module_from_checkpoint
-from common.errors import DataError
+from common.cli import exit_code_on_data_error
 from common.inference import predict_by_slices
 from common.io.nifti import load_nifti, save_nifti
 from projects.spin.data import normalise
@@ -99,6 +99,7 @@ def load_checkpoint_module(ckpt_path: str | Path) -> tuple[torch.nn.Module, int]
     return module, int(config["data"]["n_chunk"])
 
 
+@exit_code_on_data_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="SPiN lesion segmentation of a T1 NIfTI")
     parser.add_argument("--ckpt", required=True, help="checkpoint written by projects/spin/train.py")
@@ -108,13 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on recent CPUs)")
     parser.add_argument("--batch-size", type=int, default=32, help="slices per forward pass")
     args = parser.parse_args(argv)
-    try:
-        module, n_chunk = load_checkpoint_module(args.ckpt)
-        out = segment_nifti(logits_function(module, args.tta_flip, args.bf16), args.input, args.output, n_chunk,
-                            args.batch_size)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    module, n_chunk = load_checkpoint_module(args.ckpt)
+    out = segment_nifti(logits_function(module, args.tta_flip, args.bf16), args.input, args.output, n_chunk,
+                        args.batch_size)
     print(f"wrote {out}")
     return 0
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import exit_code_on_data_error
 from common.errors import DataError
 from common.io.cache import VolumeCache
 from common.io.nifti import load_nifti
@@ -110,6 +111,7 @@ def prepare(root: str | os.PathLike, cache_dir: str | os.PathLike, only: list[st
     return written
 
 
+@exit_code_on_data_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ATLAS R1.2 standard_MNI -> SPiN volume cache")
     parser.add_argument("--root", required=True, help="folder holding c00SS/c00SSsNNNNtTT/ scan folders")
@@ -117,15 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default=None, help="only the scans of this split (e.g. atlas_traintest)")
     parser.add_argument("--overwrite", action="store_true", help="rewrite scans already cached")
     args = parser.parse_args(argv)
-    try:
-        only = None
-        if args.split:
-            data = load_split(args.split)
-            only = data["train"] + data["test"] if "train" in data else [s for f in data["folds"] for s in f]
-        written = prepare(args.root, args.cache, only, args.overwrite)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    only = None
+    if args.split:
+        data = load_split(args.split)
+        only = data["train"] + data["test"] if "train" in data else [s for f in data["folds"] for s in f]
+    written = prepare(args.root, args.cache, only, args.overwrite)
     print(f"cached {len(written)} scans in {args.cache}")
     return 0
 
