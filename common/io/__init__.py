@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.io.atomic import atomic_path, save_json, save_npy, save_text
+from common.io.atomic import atomic_path, load_json, save_json, save_npy, save_text
 from common.io.cache import VolumeCache
 from common.io.dicom import load_dicom_series
 from common.io.fastmri import (
@@ -43,6 +43,7 @@ __all__ = [
     "atomic_path",
     "load_dicom_series",
     "load_nifti",
+    "load_json",
     "save_json",
     "save_nifti",
     "save_npy",

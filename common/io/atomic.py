@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import DataError
+
 # A compressed suffix is kept together with the one before it, so that `x.nii.gz` keeps `.nii.gz`.
 _COMPRESSED_SUFFIXES = {".gz", ".bz2", ".xz", ".zst", ".lz4"}
 
@@ -133,3 +135,22 @@ def save_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Pa
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding=encoding)
     return Path(path)
+
+
+def load_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """Returns the parsed content of a JSON file (the reading twin of `save_json`).
+
+    Args:
+        path: the file.
+        what: what the file is, for the error message (e.g. "split file", "dataset.json").
+
+    Raises:
+        DataError: the file is missing, unreadable or not valid JSON.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise DataError(path, f"{what} not found") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(path, f"cannot read the {what} ({err})") from err

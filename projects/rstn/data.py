@@ -7,7 +7,6 @@ X = axis 0, Y = axis 1, Z = axis 2.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -18,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from common.errors import DataError
+from common.io.atomic import load_json
 from common.io.cache import VolumeCache
 
 PLANE_AXIS = {"X": 0, "Y": 1, "Z": 2}
@@ -60,12 +60,10 @@ def load_split(path: str | Path, fold: int) -> tuple[list[str], list[str]]:
         DataError: the file is missing or malformed, or `fold` is out of range.
     """
     path = Path(path)
-    try:
-        folds = json.loads(path.read_text())["folds"]
-    except FileNotFoundError as err:
-        raise DataError(path, "split file not found (run projects.rstn.prepare first)") from err
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise DataError(path, f"not a split file with a 'folds' list ({err})") from err
+    data = load_json(path, "split file (written by projects.rstn.prepare)")
+    folds = data.get("folds") if isinstance(data, dict) else None
+    if not isinstance(folds, list):
+        raise DataError(path, "not a split file with a 'folds' list")
     if not 0 <= fold < len(folds):
         raise DataError(path, f"fold {fold} out of range: the file has {len(folds)} folds")
     train = [c for f, ids in enumerate(folds) if f != fold for c in ids]

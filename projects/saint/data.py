@@ -10,7 +10,6 @@ resolution slice `z * f + k` is phase k of low-resolution slice z.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from common.errors import DataError
+from common.io.atomic import load_json
 from common.io.cache import VolumeCache
 from projects.saint.model import distance_map
 
@@ -49,10 +49,7 @@ def load_split(path: str | Path) -> dict[str, list[str]]:
         DataError: unreadable file or no `test` entry.
     """
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(path, f"cannot read the split file ({err})") from err
+    raw = load_json(path, "split file")
     if not isinstance(raw, dict) or "test" not in raw:
         raise DataError(path, "a split file needs a 'test' entry (list of case ids, or dict of lists)")
     return {k: _flatten(raw[k]) for k in ("train", "val", "test") if k in raw}

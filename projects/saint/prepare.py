@@ -11,7 +11,6 @@ Usage: `python -m projects.saint.prepare --msd ROOT_OR_TASK [...] --out data/cac
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Iterable
@@ -21,7 +20,7 @@ import numpy as np
 
 from common.cli import exit_code_on_data_error
 from common.errors import DataError
-from common.io.atomic import save_json
+from common.io.atomic import load_json, save_json
 from common.io.cache import VolumeCache
 from common.io.nifti import load_nifti, voxel_spacing
 
@@ -86,10 +85,7 @@ def find_task_folders(roots: Iterable[str | Path], tasks: Iterable[str] = PAPER_
 def _dataset_entries(task: Path) -> set[str]:
     """Returns the image paths (relative to the task) that `dataset.json` lists, after checking it parses."""
     path = task / "dataset.json"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(path, f"cannot read dataset.json ({err})") from err
+    meta = load_json(path, "dataset.json")
     if not isinstance(meta, dict) or "training" not in meta:
         raise DataError(path, "dataset.json has no 'training' list")
     images = [e.get("image") if isinstance(e, dict) else None for e in meta.get("training", [])]

@@ -7,7 +7,6 @@ JSON: ``{"train": [...], "test": [...]}`` or ``{"folds": [[...], ...]}``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import DataError
-from common.io.atomic import save_json
+from common.io.atomic import load_json, save_json
 
 SPLIT_DIR = Path(__file__).resolve().parent / "splits"
 SCAN_ID = re.compile(r"^c\d{4}s\d{4}t\d{2}$")
@@ -42,12 +41,7 @@ def load_split(split: str | os.PathLike) -> dict:
         DataError: the file is missing, not JSON, or has neither ``train``/``test`` lists nor ``folds``.
     """
     path = split_path(split)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise DataError(path, "split file not found") from err
-    except json.JSONDecodeError as err:
-        raise DataError(path, f"split file is not valid JSON ({err})") from err
+    data = load_json(path, "split file")
     if not ({"train", "test"} <= set(data) or "folds" in data):
         raise DataError(path, "a split needs 'train' and 'test' lists, or 'folds'")
     return data
