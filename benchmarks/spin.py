@@ -25,7 +25,8 @@ import torch
 from benchmarks.harness import measure, print_table, write_results
 from common.io.cache import VolumeCache
 from common.run import load_module, train
-from projects.spin.demo import choose_threads, compose_demo, threshold_mask, tune_threshold
+from common.runtime import set_threads
+from projects.spin.demo import compose_demo, threshold_mask, tune_threshold
 from projects.spin.eval import score_masks
 from projects.spin.model import SPiN, UNet, count_parameters
 from projects.spin.predict import logits_function, predict_volume
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-speed", action="store_true", help="quality rows only")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
-    torch.set_num_threads(choose_threads(args.threads))
+    set_threads(args.threads)
     params = [{"row": "SPiN paper configuration (built)", "params": count_parameters(SPiN())},
               {"row": "SPiN + the reference's unused 1x1 shortcuts",
                "params": count_parameters(SPiN(build_unused_shortcut=True))},

@@ -33,6 +33,7 @@ from common.checkpoint import module_from_checkpoint
 from common.cli import exit_on_data_error
 from common.errors import DataError
 from common.io.atomic import atomic_path, save_json
+from common.runtime import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +156,9 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _set_threads(cfg: DictConfig) -> None:
-    """Applies `threads=N` (torch intra-op threads per process); null keeps torch's default."""
+    """Applies `threads=N` or `threads=auto` (torch intra-op threads per process); null keeps torch's default."""
     if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+        set_threads(cfg.threads)
 
 
 def _strategy_for(cfg: DictConfig, module: pl.LightningModule) -> dict[str, Any]:

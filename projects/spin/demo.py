@@ -9,7 +9,6 @@ writes ``<out>/result.json``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from scipy import ndimage
 from common.io.atomic import save_json
 from common.io.cache import VolumeCache
 from common.run import CONF_ROOT, load_module, train
+from common.runtime import set_threads
 from projects.spin.eval import score_masks
 from projects.spin.predict import logits_function, predict_volume, segment_nifti
 from projects.spin.prepare import volume_xyz
@@ -110,25 +110,13 @@ def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def choose_threads(requested: str) -> int:
-    """Returns the torch thread count: an integer, or "auto" = one thread when the CPU is already busy.
-
-    On a shared CPU whose load average exceeds its core count, a second intra-op thread mostly waits for a core
-    (a small-net training step measured 5x slower with 2 threads than with 1 on this 2-core machine under load).
-    """
-    if requested != "auto":
-        return max(1, int(requested))
-    cores = os.cpu_count() or 1
-    return 1 if os.getloadavg()[0] > cores else torch.get_num_threads()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="outputs/demo/spin", help="output folder")
     parser.add_argument("--threads", default="auto", help="torch threads, or auto (1 on a busy CPU)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. trainer.max_epochs=5")
     args = parser.parse_args(argv)
-    torch.set_num_threads(choose_threads(args.threads))
+    set_threads(args.threads)
     result = run_demo(Path(args.out).resolve(), args.overrides)
     print(f"SPiN Dice {result['model_value']:.3f} vs threshold {result['baseline_value']:.3f} on "
           f"{result['n_cases']} held-out scans (small-lesion slices: {result['small_lesion_dice']['model']:.3f} vs "

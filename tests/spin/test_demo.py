@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from projects.spin.demo import choose_threads, run_demo, threshold_mask
+from projects.spin.demo import run_demo, threshold_mask
 
 TINY = ["data.n_train=4", "data.n_test=2", "data.shape=[32,40,24]", "data.samples_per_scan=1", "data.batch_size=4",
         "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "logger=none", "model.net.embedding_width=4", "model.net.encoder_widths=[8,8,8,8,8]",
@@ -21,11 +21,6 @@ def test_threshold_baseline_marks_dark_voxels_inside_the_brain() -> None:
     t1[9:12, 9:12, 9:12] = 20.0
     mask = threshold_mask(t1, level=30.0, erosion=2)
     assert mask.dtype == np.uint8 and mask.sum() == 27 and mask[10, 10, 10] == 1
-
-
-def test_choose_threads() -> None:
-    assert choose_threads("3") == 3
-    assert choose_threads("auto") >= 1
 
 
 def test_demo_writes_the_result_contract(tmp_path: Path) -> None:

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common import runtime
+
+
+def test_explicit_counts_are_used_as_given() -> None:
+    assert runtime.choose_threads(3) == 3
+    assert runtime.choose_threads("2") == 2
+    assert runtime.choose_threads(-4) == 1
+
+
+def test_auto_takes_one_thread_on_a_busy_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (7.5, 7.0, 6.0))
+    assert runtime.choose_threads("auto") == 1
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (0.3, 0.2, 0.1))
+    assert runtime.choose_threads("auto") == 2
+    assert runtime.choose_threads(None) == 2
+
+
+def test_bad_request_names_the_value() -> None:
+    with pytest.raises(ValueError, match="'many'"):
+        runtime.choose_threads("many")
+
+
+def test_set_threads_applies_the_choice() -> None:
+    before = torch.get_num_threads()
+    try:
+        assert runtime.set_threads(1) == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
