@@ -51,16 +51,19 @@ class SoftThreshold(nn.Module):
 
 
 class NoiseInjection(nn.Module):
-    """Adds one N(0, 1) map `[B, 1, H, W]` scaled per channel (scale initialised N(0, 1)).
+    """Adds one N(0, 1) map `[B, 1, H, W]` scaled per channel (scale initialised N(0, 1), or 0).
 
     In eval mode the map comes from a generator seeded with 0 on every call, so inference is
     deterministic; `enabled=False` turns the layer into the identity (the parameter stays, so
     checkpoints keep their shape).
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, init: str = "normal") -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.randn(1, channels, 1, 1))
+        if init not in ("normal", "zero"):
+            raise ValueError(f"noise scale init must be 'normal' or 'zero', got {init!r}")
+        scale = torch.randn(1, channels, 1, 1) if init == "normal" else torch.zeros(1, channels, 1, 1)
+        self.scale = nn.Parameter(scale)
         self.enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,13 +78,45 @@ class NoiseInjection(nn.Module):
         return x + self.scale.to(x.dtype) * noise
 
 
+class TextureAttention(nn.Module):
+    """Cross-attention weights of feature pixels (queries) over texture tokens (keys).
+
+    Queries are a 1x1 convolution of the instance-normalised features, keys a linear map of the
+    tokens; the weights are a softmax over the tokens of the scaled dot products.
+
+    Args:
+        channels: feature channels C.
+        style_dim: token length S.
+        dim: query/key width d.
+    """
+
+    def __init__(self, channels: int, style_dim: int, dim: int) -> None:
+        super().__init__()
+        self.query = nn.Conv2d(channels, dim, 1)
+        self.key = nn.Linear(style_dim, dim)
+        self.scale = dim**-0.5
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Return the attention weights `[B, H*W, N]` (rows sum to 1).
+
+        Args:
+            x: features `[B, C, H, W]`.
+            tokens: `[B, N, S]`.
+        """
+        queries = self.query(F.instance_norm(x)).flatten(2).transpose(1, 2)  # [B, HW, d]
+        keys = self.key(tokens.to(queries.dtype))  # [B, N, d]
+        return torch.softmax(queries @ keys.transpose(1, 2) * self.scale, dim=-1)
+
+
 class StyleModulation(nn.Module):
     """AdaIN-style modulation of a feature map by texture vectors.
 
     `gamma` and `beta` come from spectrally normalised linear maps of each texture vector. The
     texture is a grid of `N = gh * gw` vectors `[B, N, S]`: one vector (global AdaIN), K bands
     (several texture vectors) or a G x G grid (spatially adaptive, SPADE-like per-pixel scale and
-    shift after bilinear upsampling to the feature size).
+    shift after bilinear upsampling to the feature size). With `attention_dim > 0` the N vectors are
+    tokens instead: each pixel attends over them (`TextureAttention`) and gets the attention-weighted
+    gamma and beta, whatever the grid.
 
     Args:
         channels: feature channels C.
@@ -89,18 +124,28 @@ class StyleModulation(nn.Module):
         mode: "reference": normalise over (C, H, W) jointly, divide by sqrt(std) and scale by gamma
             (the reference layer); "per_channel": instance norm per channel, `x * (1 + gamma) + beta`.
         eps: added under the square roots.
+        attention_dim: query/key width of the cross-attention over texture tokens (0: no attention).
     """
 
-    def __init__(self, channels: int, style_dim: int, mode: str = "per_channel", eps: float = 1e-5) -> None:
+    def __init__(self, channels: int, style_dim: int, mode: str = "per_channel", eps: float = 1e-5,
+                 attention_dim: int = 0) -> None:
         super().__init__()
         if mode not in ("reference", "per_channel"):
             raise ValueError(f"modulation mode must be 'reference' or 'per_channel', got {mode!r}")
         self.mode, self.eps = mode, eps
         self.gamma = spectral(nn.Linear(style_dim, channels))
         self.beta = spectral(nn.Linear(style_dim, channels))
+        self.attention = TextureAttention(channels, style_dim, attention_dim) if attention_dim > 0 else None
 
-    def _maps(self, style: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> tuple:
+    def _maps(self, style: torch.Tensor, grid: tuple[int, int], size: tuple[int, int],
+              x: torch.Tensor | None = None) -> tuple:
         batch = style.shape[0]
+        if self.attention is not None:
+            # every pixel picks its own mixture of the token's (gamma, beta): [B, HW, N] @ [B, N, C]
+            weights = self.attention(x, style)
+            gamma = (weights @ self.gamma(style)).transpose(1, 2).reshape(batch, -1, *size)
+            beta = (weights @ self.beta(style)).transpose(1, 2).reshape(batch, -1, *size)
+            return gamma, beta
         gamma = self.gamma(style).transpose(1, 2).reshape(batch, -1, *grid)
         beta = self.beta(style).transpose(1, 2).reshape(batch, -1, *grid)
         if grid != (1, 1):
@@ -119,7 +164,7 @@ class StyleModulation(nn.Module):
         Returns:
             `[B, C, H, W]`.
         """
-        gamma, beta = self._maps(style.to(x.dtype), grid, tuple(x.shape[-2:]))
+        gamma, beta = self._maps(style.to(x.dtype), grid, tuple(x.shape[-2:]), x)
         if self.mode == "reference":
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             std = x.std(dim=(1, 2, 3), keepdim=True)
@@ -132,11 +177,12 @@ class StyleModulation(nn.Module):
 class StyledStage(nn.Module):
     """A `Block` (or `FuseBlock`) followed by optional noise injection and style modulation."""
 
-    def __init__(self, body: nn.Module, channels: int, style_dim: int | None, modulation: str) -> None:
+    def __init__(self, body: nn.Module, channels: int, style_dim: int | None, modulation: str,
+                 attention_dim: int = 0, noise_init: str = "normal") -> None:
         super().__init__()
         self.body = body
-        self.noise = NoiseInjection(channels) if style_dim else None
-        self.style = StyleModulation(channels, style_dim, modulation) if style_dim else None
+        self.noise = NoiseInjection(channels, noise_init) if style_dim else None
+        self.style = StyleModulation(channels, style_dim, modulation, attention_dim=attention_dim) if style_dim else None
 
     def forward(self, x: torch.Tensor, style: torch.Tensor | None = None,
                 grid: tuple[int, int] = (1, 1)) -> torch.Tensor:

@@ -37,12 +37,18 @@ class StylishUNet(nn.Module):
         spectral_norm: spectral normalisation of the 3x3 and down-sampling convolutions.
         threshold_init: initial soft threshold of the skips (1.0 in the reference; with unit-variance
             features it zeroes about two thirds of each skip at the start, 0.0 starts as an identity).
+        attention_dim: > 0 makes every modulation a cross-attention over the texture tokens (query/key width).
+        noise_init: per-channel scale of the noise inputs at the start, "normal" (N(0, 1), the reference)
+            or "zero" (noise enters only as far as training asks for it).
+        zero_output: start the output convolution at zero (with a residual update the block starts as
+            the identity instead of adding a random image).
     """
 
     def __init__(self, in_channels: int = 2, out_channels: int = 1, min_channels: int = 32,
                  max_channels: int = 512, depth: int = 4, dropout: float = 0.5, style_dim: int | None = None,
                  modulation: str = "per_channel", size_fit: str = "resize", output: str = "hardsigmoid",
-                 spectral_norm: bool = True, threshold_init: float = 1.0) -> None:
+                 spectral_norm: bool = True, threshold_init: float = 1.0, attention_dim: int = 0,
+                 noise_init: str = "normal", zero_output: bool = False) -> None:
         super().__init__()
         if size_fit not in ("resize", "pad") or output not in ("hardsigmoid", "linear"):
             raise ValueError(f"size_fit must be resize|pad and output hardsigmoid|linear, got {size_fit}, {output}")
@@ -50,7 +56,7 @@ class StylishUNet(nn.Module):
         self.depth, self.size_fit, self.output = depth, size_fit, output
 
         def stage(body: nn.Module, channels: int) -> StyledStage:
-            return StyledStage(body, channels, style_dim, modulation)
+            return StyledStage(body, channels, style_dim, modulation, attention_dim, noise_init)
 
         self.init = nn.Conv2d(in_channels, widths[0], 1)
         self.encoders = nn.ModuleList(stage(Block(c, spectral_norm), c) for c in widths[:-1])
@@ -63,6 +69,9 @@ class StylishUNet(nn.Module):
         self.decoders = nn.ModuleList(stage(FuseBlock(widths[i], dropout, spectral_norm), widths[i])
                                       for i in reversed(range(depth)))
         self.out = nn.Conv2d(widths[0], out_channels, 1)
+        if zero_output:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
 
     def _fit(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         multiple = 2**self.depth
@@ -281,8 +290,10 @@ class TextureProxy(nn.Module):
 
 
 def texture_grid(mode: str, vectors: int = 4, spatial: int = 8) -> tuple[int, int]:
-    """Return the texture grid of a mode: global (1, 1); multi_vector (vectors, 1) bands; spatial (G, G)."""
-    grids = {"global": (1, 1), "multi_vector": (int(vectors), 1), "spatial": (int(spatial), int(spatial))}
+    """Return the texture grid of a mode: global (1, 1); multi_vector and attention (vectors, 1) bands;
+    spatial (G, G). In attention mode the band vectors are tokens that every pixel attends over."""
+    grids = {"global": (1, 1), "multi_vector": (int(vectors), 1), "spatial": (int(spatial), int(spatial)),
+             "attention": (int(vectors), 1)}
     if mode not in grids:
         raise ValueError(f"texture mode must be one of {sorted(grids)}, got {mode!r}")
     return grids[mode]
@@ -292,8 +303,10 @@ class StylishGenerator(nn.Module):
     """The generative model: z-encoder + mapping network + a noise- and style-modulated reconstructor.
 
     Args:
-        texture_mode: "global" (one vector, the reference), "multi_vector" or "spatial".
-        texture_vectors / spatial_grid: size of the multi-vector / spatial texture grids.
+        texture_mode: "global" (one vector, the reference), "multi_vector", "spatial" or "attention"
+            (cross-attention of the features over `texture_vectors` tokens).
+        texture_vectors / spatial_grid: size of the multi-vector (and attention) / spatial texture grids.
+        attention_dim: query/key width of the attention mode.
         noise: enable the noise inputs.
         imagenet_norm: ImageNet-normalise the encoder input (the reference does not).
         test_latent: at eval, "mean" uses z = mu; "fixed_noise" draws eps from a generator seeded 0
@@ -303,11 +316,12 @@ class StylishGenerator(nn.Module):
 
     def __init__(self, texture_mode: str = "global", texture_vectors: int = 4, spatial_grid: int = 8,
                  noise: bool = True, imagenet_norm: bool = False, test_latent: str = "mean",
-                 **reconstructor: object) -> None:
+                 attention_dim: int = 32, **reconstructor: object) -> None:
         super().__init__()
         self.grid = texture_grid(texture_mode, texture_vectors, spatial_grid)
         self.imagenet_norm, self.test_latent = imagenet_norm, test_latent
-        self.unet = StylishReconstructor(style_dim=STYLE_DIM, **reconstructor)
+        attention = int(attention_dim) if texture_mode == "attention" else 0
+        self.unet = StylishReconstructor(style_dim=STYLE_DIM, attention_dim=attention, **reconstructor)
         self.z_encoder = ZEncoder()
         self.mapping = MappingNetwork()
         for module in self.unet.modules():

@@ -81,13 +81,33 @@ def test_complex_mode_mixed_widths_and_hard_dc():
 
 
 @pytest.mark.parametrize("mode,shape", [("global", (2, 320)), ("multi_vector", (2, 3, 320)),
-                                        ("spatial", (2, 4, 320))])
+                                        ("spatial", (2, 4, 320)), ("attention", (2, 3, 320))])
 def test_generator_texture_modes(mode, shape):
     gen = StylishGenerator(texture_mode=mode, texture_vectors=3, spatial_grid=2, min_channels=4, max_channels=16)
     x = torch.rand(2, 1, 40, 40)
     out, mu, logvar, w = gen(x, x, known_freq=x, mask=x)
     assert out.shape == x.shape and mu.shape == shape and logvar.shape == shape and w.shape == shape
     assert texture_grid(mode, 3, 2)[0] * texture_grid(mode, 3, 2)[1] == (1 if mode == "global" else shape[1])
+
+
+def test_attention_modulation_weights_and_identical_tokens():
+    from projects.fastmri_gen.layers import StyleModulation
+
+    torch.manual_seed(0)
+    layer = StyleModulation(channels=4, style_dim=8, attention_dim=4)
+    x, tokens = torch.randn(2, 4, 6, 5), torch.randn(2, 3, 8)
+    weights = layer.attention(x, tokens)
+    assert weights.shape == (2, 30, 3) and torch.allclose(weights.sum(-1), torch.ones(2, 30))
+    assert weights.std(dim=1).max() > 1e-3  # pixels choose different mixtures of the tokens
+    assert layer(x, tokens, (3, 1)).shape == x.shape
+    # over identical tokens the attention reduces to global AdaIN with that token
+    same = tokens[:, :1].expand(2, 3, 8)
+    global_layer = StyleModulation(channels=4, style_dim=8)
+    global_layer.load_state_dict({k: v for k, v in layer.state_dict().items() if not k.startswith("attention.")})
+    layer.eval(), global_layer.eval()
+    assert torch.allclose(layer(x, same, (3, 1)), global_layer(x, tokens[:, :1], (1, 1)), atol=1e-5)
+    generator = StylishGenerator(texture_mode="attention", texture_vectors=3, min_channels=4, max_channels=8)
+    assert sum(m.attention is not None for m in generator.modules() if isinstance(m, StyleModulation)) == 9
 
 
 def test_generator_eval_is_deterministic_and_noise_matters_in_training():
