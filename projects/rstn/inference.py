@@ -117,14 +117,14 @@ def fine_plane(image: np.ndarray, score: np.ndarray, mask: np.ndarray, plane: st
 
     Each slice triplet gets the saliency of `score` and the crop box of `mask` (its three slices); slices
     whose triplet mask is empty give 0. `batch_size` > 1 runs several slices' crops together
-    (see `RSTN.forward_fine_each`); 1 is the reference's slice-by-slice testing.
+    (see `RSTN.forward_fine`); 1 is the reference's slice-by-slice testing.
     """
     axis = plane_axis(plane)
 
     def step(centres: list[int]) -> torch.Tensor:
         x, p, m = (_like_model(_triplets(v, axis, centres), model) for v in (image, score, mask))
         with _autocast(precision):
-            return model.forward_fine_each(x, p, m > 0, margin)
+            return model.forward_fine(x, p, m > 0, margin)
 
     return _fine_plane(image, axis, mask > 0, batch_size, step)
 
@@ -137,7 +137,7 @@ def oracle_plane(image: np.ndarray, label: np.ndarray, plane: str, model: RSTN, 
     def step(centres: list[int]) -> torch.Tensor:
         x, y = (_like_model(_triplets(v, axis, centres), model) for v in (image, label))
         with _autocast(precision):
-            return model.forward_fine_each(x, model.forward_coarse(x).float(), y > 0, margin)
+            return model.forward_fine(x, model.forward_coarse(x).float(), y > 0, margin)
 
     return _fine_plane(image, axis, label > 0, batch_size, step)
 

@@ -216,15 +216,6 @@ def crop_box(mask: Tensor, margin: int | Sequence[int] = 20) -> tuple[int, int, 
             max(int(cols[0]) - before_c, 0), min(int(cols[-1]) + after_c + 1, width))
 
 
-def _per_sample_box_mask(mask: Tensor, margins: Margins) -> Tensor:
-    """Returns float [N, 1, H, W]: 1 inside each sample's own box (the union crop covers several samples)."""
-    keep = torch.zeros(mask.shape[0], 1, *mask.shape[-2:], dtype=torch.float32, device=mask.device)
-    for n in range(mask.shape[0]):
-        y0, y1, x0, x1 = crop_box(mask[n:n + 1], margins)
-        keep[n, :, y0:y1, x0:x1] = 1
-    return keep
-
-
 def soft_dice_loss(prob: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
     """Returns 1 - mean over samples of the soft Dice of [N, ...] probabilities against [N, ...] targets."""
     p, g = prob.flatten(1), target.flatten(1).to(prob.dtype)
@@ -270,14 +261,22 @@ class RSTN(nn.Module):
         return torch.sigmoid(self.coarse_model(x))
 
     def _fine(self, weighted: Tensor, mask: Tensor, margins: Margins) -> Tensor:
-        """Returns fine probabilities of `weighted` inside the box of `mask`, exactly 0 outside it."""
-        y0, y1, x0, x1 = crop_box(mask, margins)
-        if weighted.shape[0] > 1:
-            weighted = weighted * _per_sample_box_mask(mask, margins)
-        logits = self.fine_model(weighted[:, :, y0:y1, x0:x1])
+        """Returns fine probabilities [N, C, H, W] of `weighted`, each sample in the box of its own `mask`.
+
+        Every sample's crop is zero-padded at the bottom and right to the largest box of the batch and the
+        crops run as one batch; outside its own box a sample's probability is exactly 0. With N = 1 this is
+        the reference's crop (no padding, no resizing).
+        """
+        boxes = [crop_box(mask[n:n + 1], margins) for n in range(weighted.shape[0])]
+        rows = max(y1 - y0 for y0, y1, _, _ in boxes)
+        cols = max(x1 - x0 for _, _, x0, x1 in boxes)
+        crops = torch.stack([F.pad(weighted[n, :, y0:y1, x0:x1], (0, cols - x1 + x0, 0, rows - y1 + y0))
+                             for n, (y0, y1, x0, x1) in enumerate(boxes)])
+        logits = self.fine_model(crops)
         height, width = weighted.shape[-2:]
-        logits = F.pad(logits, (x0, width - x1, y0, height - y1), value=UNCROP_FILL)
-        return torch.sigmoid(logits)
+        out = [F.pad(logits[n, :, :y1 - y0, :x1 - x0], (x0, width - x1, y0, height - y1), value=UNCROP_FILL)
+               for n, (y0, y1, x0, x1) in enumerate(boxes)]
+        return torch.sigmoid(torch.stack(out))
 
     def forward_train(self, x: Tensor, y: Tensor, mode: Mode, margins: int | Sequence[int] = 20
                       ) -> tuple[Tensor, Tensor]:
@@ -287,7 +286,8 @@ class RSTN(nn.Module):
             x: images [N, C, H, W] float32 in [0, 1].
             y: labels [N, C, H, W] (0/1).
             mode: "S" (box from y, raw image to the fine net), "I" (box from y, saliency-weighted image) or
-                "J" (box from the coarse mask >= 0.5, from y if that is empty; saliency-weighted image).
+                "J" (box from the coarse mask >= 0.5, from y for a sample whose coarse mask is empty;
+                saliency-weighted image). Each sample is cropped to its own box.
             margins: crop margins (see `crop_box`).
         """
         if mode not in ("S", "I", "J"):
@@ -300,48 +300,30 @@ class RSTN(nn.Module):
         mask = label_mask
         if mode == "J":
             coarse_mask = p_coarse.detach() >= 0.5
-            mask = coarse_mask if bool(coarse_mask.any()) else label_mask
+            found = coarse_mask.flatten(1).any(dim=1).view(-1, 1, 1, 1)
+            mask = torch.where(found, coarse_mask, label_mask)
         return p_coarse, self._fine(weighted, mask, as_margins(margins))
 
     def forward_fine(self, x: Tensor, score: Tensor, mask: Tensor, margin: int | Sequence[int] = 20) -> Tensor:
-        """Returns fine probabilities [N, C, H, W]; all 0 for a sample whose `mask` is empty.
+        """Returns fine probabilities [N, C, H, W], each sample cropped to its own box; 0 where `mask` is empty.
 
         Args:
             x: images [N, C, H, W] in [0, 1].
             score: previous probabilities [N, C, H, W] in [0, 1], input of the saliency module.
-            mask: bool [N, C, H, W] giving the crop box.
+            mask: bool [N, C, H, W] giving each sample's crop box.
             margin: crop margin (pixels).
-        """
-        empty = ~mask.flatten(1).any(dim=1)
-        if bool(empty.all()):
-            return torch.zeros_like(x)
-        prob = self._fine(x * self.saliency(score), mask, as_margins(margin))
-        return prob.masked_fill(empty.view(-1, 1, 1, 1), 0.0) if bool(empty.any()) else prob
 
-    def forward_fine_each(self, x: Tensor, score: Tensor, mask: Tensor, margin: int | Sequence[int] = 20) -> Tensor:
-        """Returns fine probabilities [N, C, H, W] with each sample cropped to its own box (batched inference).
-
-        The crops are zero-padded at the bottom and right to a common size and run as one batch; the input of
-        every sample's box is the same as in `forward_fine` with N = 1, so only the far context beyond the
-        network's 100-pixel zero padding can differ (none when all boxes have the same size).
+        With N > 1 the crops are zero-padded at the bottom and right to a common size, so a sample sees the
+        same pixels as alone, and only the far context beyond the network's 100-pixel padding can differ
+        (nothing differs when all boxes have the same size).
         """
-        margins = as_margins(margin)
-        boxes = [crop_box(mask[n:n + 1], margins) if bool(mask[n].any()) else None for n in range(x.shape[0])]
-        kept = [n for n, box in enumerate(boxes) if box is not None]
+        kept = mask.flatten(1).any(dim=1)
         out = torch.zeros_like(x)
-        if not kept:
+        if not bool(kept.any()):
             return out
-        weighted = x[kept] * self.saliency(score[kept])
-        rows = max(boxes[n][1] - boxes[n][0] for n in kept)  # type: ignore[index]
-        cols = max(boxes[n][3] - boxes[n][2] for n in kept)  # type: ignore[index]
-        crops = weighted.new_zeros(len(kept), x.shape[1], rows, cols)
-        for i, n in enumerate(kept):
-            y0, y1, x0, x1 = boxes[n]  # type: ignore[misc]
-            crops[i, :, :y1 - y0, :x1 - x0] = weighted[i, :, y0:y1, x0:x1]
-        prob = torch.sigmoid(self.fine_model(crops))
-        for i, n in enumerate(kept):
-            y0, y1, x0, x1 = boxes[n]  # type: ignore[misc]
-            out[n, :, y0:y1, x0:x1] = prob[i, :, :y1 - y0, :x1 - x0]
+        if bool(kept.all()):
+            return self._fine(x * self.saliency(score), mask, as_margins(margin))
+        out[kept] = self._fine(x[kept] * self.saliency(score[kept]), mask[kept], as_margins(margin))
         return out
 
     def forward_oracle(self, x: Tensor, y: Tensor, margin: int = 20) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from projects.rstn.data import SliceSample
 from projects.rstn.model import RSTN, crop_box, rstn_loss, sample_margins, soft_dice_loss
 
 MODES = ("S", "I", "J")
+log = logging.getLogger(__name__)
 
 
 def load_vgg16_file(path: str | Path) -> dict[str, Tensor]:
@@ -147,25 +149,39 @@ class RSTNModule(ConfiguredModule):
 class ModeSchedule(pl.Callback):
     """Sets the module's mode each epoch (S for `epochs_s`, then I, then J) and halves the rates in J.
 
+    Optionally checks mode S as the Caffe original does: at the end of mode S, the training loss (a running
+    mean over `window` steps) over the last `fraction` of the S steps must have a mean below `mean_below`
+    and a minimum below `min_below`; otherwise the network goes back to its initial weights, the optimiser
+    state is cleared and mode S starts again (at most `max_restarts` times; the run gets `epochs_s` more
+    epochs each time).
+
     Args:
         epochs_s: epochs of mode S (reference 2).
         epochs_i: epochs of mode I (6).
         epochs_j: epochs of mode J (8); training stays in J if it runs longer.
         j_lr_decay: factor applied to every group's rate after each `j_lr_every` J epochs.
         j_lr_every: J epochs between two decays (2: the rates halve after J-epochs 2, 4, 6).
+        s_restart: None (no check, as the PyTorch port) or a dict with `mean_below` (0.4), `min_below`
+            (0.35), `fraction` (0.02), `window` (20) and `max_restarts`.
     """
 
     def __init__(self, epochs_s: int = 2, epochs_i: int = 6, epochs_j: int = 8, j_lr_decay: float = 0.5,
-                 j_lr_every: int = 2) -> None:
+                 j_lr_every: int = 2, s_restart: dict[str, Any] | None = None) -> None:
         self.epochs = (epochs_s, epochs_i, epochs_j)
         self.j_lr_decay = j_lr_decay
         self.j_lr_every = j_lr_every
+        self.s_restart = dict(s_restart) if s_restart else None
+        self.shift = 0  # epochs spent in failed S attempts
+        self.restarts = 0
+        self.s_losses: list[float] = []
+        self._initial: dict[str, Tensor] | None = None
 
     def mode_at(self, epoch: int) -> tuple[str, int]:
         """Returns (mode, epochs already spent in that mode) at a 0-based training epoch."""
         s, i, _ = self.epochs
+        epoch -= self.shift
         if epoch < s:
-            return "S", epoch
+            return "S", max(epoch, 0)
         if epoch < s + i:
             return "I", epoch - s
         return "J", epoch - s - i
@@ -175,11 +191,56 @@ class ModeSchedule(pl.Callback):
         mode, spent = self.mode_at(epoch)
         return 1.0 if mode != "J" else self.j_lr_decay ** (spent // self.j_lr_every)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.s_restart and self.mode_at(trainer.current_epoch)[0] == "S":
+            self._initial = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.net.state_dict().items()}
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        pl_module.mode = self.mode_at(epoch)[0]
+        mode, spent = self.mode_at(epoch)
+        pl_module.mode = mode
+        if mode == "S" and spent == 0:
+            self.s_losses = []
         factor = self.lr_factor(epoch)
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:
                 group.setdefault("initial_lr", group["lr"])
                 group["lr"] = group["initial_lr"] * factor
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.s_restart and pl_module.mode == "S":
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self.s_losses.append(float(loss))
+
+    def s_mode_ok(self) -> bool:
+        """Returns whether the recorded S losses pass the Caffe check (running mean, then tail mean and min)."""
+        cfg = {"mean_below": 0.4, "min_below": 0.35, "fraction": 0.02, "window": 20, **(self.s_restart or {})}
+        losses = torch.tensor(self.s_losses or [1.0], dtype=torch.float64)
+        window = max(1, min(int(cfg["window"]), losses.numel()))
+        smooth = losses.unfold(0, window, 1).mean(dim=1)
+        tail = smooth[-max(1, int(round(len(self.s_losses) * float(cfg["fraction"])))):]
+        return bool(tail.mean() < cfg["mean_below"]) and bool(tail.min() < cfg["min_below"])
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        mode, spent = self.mode_at(trainer.current_epoch)
+        if not self.s_restart or mode != "S" or spent != self.epochs[0] - 1 or self._initial is None:
+            return
+        if self.s_mode_ok() or self.restarts >= int(self.s_restart.get("max_restarts", 3)):
+            self._initial = None  # S is done: the copy is no longer needed
+            return
+        pl_module.net.load_state_dict(self._initial)
+        for optimizer in trainer.optimizers:
+            optimizer.state.clear()
+        self.shift += self.epochs[0]
+        self.restarts += 1
+        if trainer.fit_loop.max_epochs is not None and trainer.fit_loop.max_epochs >= 0:
+            trainer.fit_loop.max_epochs += self.epochs[0]
+        log.warning("mode S failed the loss check (restart %d): back to the initial weights", self.restarts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shift": self.shift, "restarts": self.restarts}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.shift = int(state_dict.get("shift", 0))
+        self.restarts = int(state_dict.get("restarts", 0))

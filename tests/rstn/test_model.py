@@ -140,11 +140,33 @@ def test_fine_stage_batch_uses_each_samples_box(small: RSTN) -> None:
     mask[0, :, 2:4, 2:4] = True
     mask[1, :, 20:24, 20:24] = True
     seen = _spy_fine(small)
-    small.forward_fine(x, torch.rand(2, 3, 32, 32), mask, 1)
+    score = torch.rand(2, 3, 32, 32)
+    prob = small.forward_fine(x, score, mask, 1)
     crop = seen[-1]
-    assert crop.shape[-2:] == (24, 24)  # rows and cols 1 .. 24
-    assert (crop[0, :, 10:, 10:] == 0).all() and (crop[1, :, :5, :5] == 0).all()
+    assert crop.shape[-2:] == (6, 6)  # the larger box (rows and cols 19 .. 24), not the union of the boxes
+    weighted = x * small.saliency(score)
+    assert torch.allclose(crop[0, :, :4, :4], weighted[0, :, 1:5, 1:5], atol=1e-6)
+    assert (crop[0, :, 4:] == 0).all() and torch.allclose(crop[1], weighted[1, :, 19:25, 19:25], atol=1e-6)
+    assert (prob[0, :, 5:] == 0).all() and (prob[0, :, :, 5:] == 0).all() and (prob[0, :, 1:5, 1:5] > 0).all()
     assert torch.count_nonzero(small.forward_fine(x, x, torch.zeros_like(mask))) == 0
+
+
+def test_training_crops_each_sample_as_alone(small: RSTN) -> None:
+    """A batch of slices with equal-size boxes gives every slice the fine output it gets alone (batch 1)."""
+    torch.manual_seed(1)
+    x = torch.rand(3, 3, 36, 36)
+    y = torch.zeros(3, 3, 36, 36)
+    for n, (r, c) in enumerate([(4, 6), (20, 18), (12, 25)]):
+        y[n, :, r:r + 5, c:c + 7] = 1
+    for mode in "SIJ":
+        with torch.no_grad():
+            small.coarse_model.score_fr.bias.fill_(-50.0 if mode == "J" else 0.0)  # J falls back to the labels
+        _, batched = small.forward_train(x, y, mode, 3)
+        alone = torch.cat([small.forward_train(x[n:n + 1], y[n:n + 1], mode, 3)[1] for n in range(3)])
+        assert torch.allclose(batched, alone, atol=1e-5), mode
+        assert (batched[1, :, :17] == 0).all() and (batched[0, :, 12:] == 0).all()
+    with torch.no_grad():
+        small.coarse_model.score_fr.bias.zero_()
 
 
 def test_losses() -> None:

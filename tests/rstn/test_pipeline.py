@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -48,6 +49,36 @@ def test_mode_schedule_and_j_decay() -> None:
     modes = [schedule.mode_at(e)[0] for e in range(16)]
     assert modes == ["S"] * 2 + ["I"] * 6 + ["J"] * 8
     assert [schedule.lr_factor(e) for e in (0, 7, 8, 9, 10, 12, 15)] == [1, 1, 1, 1, 0.5, 0.25, 0.125]
+
+
+def test_mode_s_restart_rule(tmp_path) -> None:
+    """The Caffe check: a mode S whose loss stays high goes back to the initial weights and runs again."""
+    cfg = _compose("train", ["experiment=demo", f"paths.output_dir={tmp_path}"])
+    module = instantiate(cfg.model, _recursive_=False)
+    schedule = ModeSchedule(1, 1, 2, s_restart={"window": 2, "fraction": 0.5, "max_restarts": 1})
+    optimizer = module.configure_optimizers()
+    trainer = SimpleNamespace(current_epoch=0, optimizers=[optimizer], fit_loop=SimpleNamespace(max_epochs=4))
+    weight = module.net.fine_model.score_fr.weight
+    initial = weight.detach().clone()
+    schedule.on_train_start(trainer, module)  # type: ignore[arg-type]
+    for epoch, losses in ((0, [0.9, 0.8, 0.7, 0.6]), (1, [0.9, 0.8, 0.7, 0.6])):
+        trainer.current_epoch = epoch
+        schedule.on_train_epoch_start(trainer, module)  # type: ignore[arg-type]
+        assert module.mode == "S"
+        for loss in losses:
+            schedule.on_train_batch_end(trainer, module, {"loss": torch.tensor(loss)}, None, 0)  # type: ignore[arg-type]
+        with torch.no_grad():
+            weight.add_(1.0)
+        optimizer.state[weight]["momentum_buffer"] = torch.ones_like(weight)
+        schedule.on_train_epoch_end(trainer, module)  # type: ignore[arg-type]
+        if epoch == 0:  # running means 0.85, 0.75, 0.65: the last two average 0.7 >= 0.4 -> restart
+            assert schedule.restarts == 1 and trainer.fit_loop.max_epochs == 5
+            assert torch.equal(weight, initial) and not optimizer.state
+    assert schedule.restarts == 1 and not torch.equal(weight, initial)  # max_restarts reached: S is kept
+    assert [schedule.mode_at(e)[0] for e in range(2, 5)] == ["I", "J", "J"]
+    schedule.s_losses = [0.5, 0.3, 0.3, 0.2]
+    assert schedule.s_mode_ok()
+    assert ModeSchedule(1, 1, 1).state_dict() == {"shift": 0, "restarts": 0}
 
 
 def test_four_learning_rate_groups(tmp_path) -> None:
