@@ -169,6 +169,38 @@ def test_training_crops_each_sample_as_alone(small: RSTN) -> None:
         small.coarse_model.score_fr.bias.zero_()
 
 
+def _grad_norms(net: RSTN, loss: torch.Tensor) -> dict[str, float]:
+    net.zero_grad(set_to_none=True)
+    loss.backward()
+    parts = {"coarse": list(net.coarse_model.parameters()),
+             "saliency": [*net.saliency1.parameters(), *net.saliency2.parameters()],
+             "fine": list(net.fine_model.parameters())}
+    return {k: sum(float(p.grad.abs().sum()) for p in params if p.grad is not None) for k, params in parts.items()}
+
+
+@pytest.mark.parametrize("mode", ["S", "I", "J"])
+def test_fine_loss_reaches_the_right_parameters(mode: str) -> None:
+    """S trains the fine net only; I and J also the saliency module and, through it, the coarse net."""
+    torch.manual_seed(2)
+    net = RSTN(width=1 / 16, dropout=0.0)
+    with torch.no_grad():  # past the first step: non-zero score layers and saliency2 weights
+        for m in (net.coarse_model.score_fr, net.fine_model.score_fr, net.saliency2):
+            m.weight.normal_(0, 0.1)
+    x = torch.rand(2, 3, 28, 28)
+    y = torch.zeros(2, 3, 28, 28)
+    y[:, :, 8:14, 6:18] = 1
+    _, p_fine = net.forward_train(x, y, mode, 2)
+    norms = _grad_norms(net, soft_dice_loss(p_fine, y))
+    assert norms["fine"] > 0
+    if mode == "S":
+        assert norms["coarse"] == 0 and norms["saliency"] == 0
+    else:
+        assert norms["coarse"] > 0 and norms["saliency"] > 0
+    p_coarse, _ = net.forward_train(x, y, mode, 2)
+    norms = _grad_norms(net, soft_dice_loss(p_coarse, y))
+    assert norms["coarse"] > 0 and norms["fine"] == 0 and norms["saliency"] == 0
+
+
 def test_losses() -> None:
     y = torch.zeros(2, 3, 8, 8)
     y[:, :, 2:5, 2:5] = 1
