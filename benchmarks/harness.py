@@ -4,6 +4,10 @@ Each benchmark script (`python -m benchmarks.<project>`) measures, prints one ta
 `benchmarks/results/<name>.json` with the machine it ran on. Peak memory is the process's resident-set high-water
 mark (VmHWM), reset before each measurement through /proc/self/clear_refs, so it includes everything the measured
 call allocated (tensors, numpy buffers), not only torch's allocator.
+
+Benchmarks run with `common.runtime.tune_allocator()` applied (as every project command does), and each results
+file records the fp32 matmul throughput measured as it is written, so that figures taken on a slower or busier day
+can be compared with PERF.md's reference timings (taken when this machine reached 185-250 GFLOP/s).
 """
 
 from __future__ import annotations
@@ -19,12 +23,27 @@ from typing import Any
 import torch
 
 from common.io.atomic import save_json
+from common.runtime import tune_allocator
+
+tune_allocator()
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+def matmul_gflops(size: int = 2048, repeat: int = 3) -> float:
+    """Returns the best fp32 matmul throughput in GFLOP/s of `size` x `size` matrices with the current threads."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return round(2 * size**3 / best / 1e9, 1)
+
+
 def machine() -> dict[str, Any]:
-    """Returns a description of this machine (CPU, cores, torch build, threads)."""
+    """Returns a description of this machine (CPU, cores, torch build, threads, fp32 matmul GFLOP/s now)."""
     cpu = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -34,7 +53,9 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.is_available(), "python": platform.python_version(), "platform": platform.platform()}
+            "cuda": torch.cuda.is_available(), "python": platform.python_version(), "platform": platform.platform(),
+            "fp32_matmul_gflops": matmul_gflops(), "load_average": os.getloadavg()[0],
+            "allocator_tuned": tune_allocator()}
 
 
 def _reset_peak() -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import platform
+
 import pytest
 import torch
 
@@ -33,3 +35,13 @@ def test_set_threads_applies_the_choice() -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_allocator_settings_apply_once_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "_allocator_tuned", False)
+    monkeypatch.setenv("MEDIMG_ALLOCATOR", "system")
+    assert runtime.tune_allocator() is False
+    monkeypatch.delenv("MEDIMG_ALLOCATOR")
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert runtime.tune_allocator() is expected
+    assert runtime.tune_allocator() is expected  # a second call is a no-op with the same answer
