@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import tempfile
 import time
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from benchmarks.harness import RESULTS_DIR, measure, print_table, write_results
+from benchmarks.harness import measure, previous_rows, print_table, write_results
 from common.run import CONF_ROOT, train
 from common.synthetic import isotropic_volume, write_ratbrain_nifti
 from projects.easysr.infer import upsample_normalised
@@ -137,15 +136,6 @@ def quality_rows(epochs: int, root: Path) -> list[dict]:
     return rows
 
 
-def _previous_rows(kind: str) -> list[dict]:
-    """Rows of `kind` ("quality" or "speed") from the last results file, kept when only the other part reruns."""
-    path = RESULTS_DIR / "easysr.json"
-    if not path.exists():
-        return []
-    rows = json.loads(path.read_text()).get("rows", [])
-    return [r for r in rows if r.get("row", "").startswith("quality") == (kind == "quality")]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and epochs (a smoke run)")
@@ -161,8 +151,8 @@ def main() -> None:
         speed = train_step_rows(repeat) + inference_rows(repeat)
         print_table(speed, "EasySR speed (2-core CPU; cpu_s = process CPU seconds per call)")
     # Read the other part's rows only now: the two parts may run at the same time in two processes.
-    quality = quality or _previous_rows("quality")
-    speed = speed or _previous_rows("speed")
+    quality = quality or previous_rows("easysr", lambda row: row.get("row", "").startswith("quality"))
+    speed = speed or previous_rows("easysr", lambda row: not row.get("row", "").startswith("quality"))
     path = write_results("easysr", quality + speed, load_average=os.getloadavg())
     print(f"\nwrote {path}")
 

@@ -12,6 +12,7 @@ can be compared with PERF.md's reference timings (taken when this machine reache
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 
 from common.io.atomic import save_json
-from common.runtime import tune_allocator
+from common.runtime import release_memory, tune_allocator
 
 tune_allocator()
 
@@ -59,6 +60,11 @@ def machine() -> dict[str, Any]:
 
 
 def _reset_peak() -> None:
+    """Starts a new peak-memory window: returns the heap's free memory to the OS, then resets VmHWM.
+
+    Without the release, the memory a tuned allocator keeps from earlier measurements would count in this one.
+    """
+    release_memory()
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -109,6 +115,17 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "" if value is None else str(value)
+
+
+def previous_rows(name: str, keep: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """Returns the rows of the last `benchmarks/results/<name>.json` for which `keep(row)` is true ([] if none).
+
+    A benchmark that reruns only one part (quality or speed) keeps the other part's last rows this way.
+    """
+    path = RESULTS_DIR / f"{name}.json"
+    if not path.exists():
+        return []
+    return [row for row in json.loads(path.read_text()).get("rows", []) if keep(row)]
 
 
 def write_results(name: str, rows: Sequence[dict[str, Any]], **extra: Any) -> Path:

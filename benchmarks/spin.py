@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import measure, print_table, write_results
+from benchmarks.harness import measure, previous_rows, print_table, write_results
 from common.io.cache import VolumeCache
 from common.run import load_module, train
 from common.runtime import set_threads
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and epochs (a smoke run)")
     parser.add_argument("--threads", default="auto", help="torch threads, or auto (1 on a busy CPU)")
-    parser.add_argument("--skip-quality", action="store_true", help="speed rows only")
-    parser.add_argument("--skip-speed", action="store_true", help="quality rows only")
+    parser.add_argument("--skip-quality", action="store_true", help="rerun the speed rows, keep the last quality rows")
+    parser.add_argument("--skip-speed", action="store_true", help="rerun the quality rows, keep the last speed rows")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
     set_threads(args.threads)
@@ -143,10 +143,11 @@ def main(argv: list[str] | None = None) -> int:
                "params": count_parameters(SPiN(build_unused_shortcut=True))},
               {"row": "U-Net baseline (VGG-13 encoder)", "params": count_parameters(UNet())}]
     print_table(params, "Parameters")
-    speed = [] if args.skip_speed else speed_rows(repeat=2 if args.quick else 3)
+    speed = (previous_rows("spin", lambda row: "seconds" in row) if args.skip_speed
+             else speed_rows(repeat=2 if args.quick else 3))
     print_table(speed, f"Speed (median wall time, torch threads = {torch.get_num_threads()})")
-    quality = [] if args.skip_quality else quality_rows(epochs=6 if args.quick else 40,
-                                                         n_train=8 if args.quick else 16)
+    quality = (previous_rows("spin", lambda row: "dice" in row) if args.skip_quality
+               else quality_rows(epochs=6 if args.quick else 40, n_train=8 if args.quick else 16))
     print_table(quality, "Quality on held-out synthetic scans (Dice per scan then mean; small = pooled slices)")
     path = write_results("spin", [*params, *speed, *quality], torch_threads=torch.get_num_threads(),
                          load_average_before=load_before, load_average_after=os.getloadavg()[0])

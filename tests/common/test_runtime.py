@@ -45,3 +45,18 @@ def test_allocator_settings_apply_once_on_glibc(monkeypatch: pytest.MonkeyPatch)
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert runtime.tune_allocator() is expected
     assert runtime.tune_allocator() is expected  # a second call is a no-op with the same answer
+
+
+def test_release_memory_returns_freed_heap_to_the_os() -> None:
+    def rss_mb() -> float:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS line")
+
+    runtime.tune_allocator()
+    big = torch.ones(32, 1024, 1024)  # 128 MB, kept by the tuned heap after it is freed
+    del big
+    before = rss_mb()
+    runtime.release_memory()
+    assert rss_mb() < before - 64
