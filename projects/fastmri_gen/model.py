@@ -19,6 +19,7 @@ from projects.fastmri_gen.mobilenet import FEATURE_CHANNELS, MobileNetV2Features
 from projects.fastmri_gen.transforms import fft2c, ifft2c
 
 STYLE_DIM = FEATURE_CHANNELS // 4  # 320: the trunk's 1280 channels averaged in groups of 4
+PHASE_EPS = 1e-3  # in normalised units (about 1e-3 of the image's standard deviation): phase of near-zero pixels
 
 
 class StylishUNet(nn.Module):
@@ -179,16 +180,25 @@ class StylishReconstructor(nn.Module):
             image as 2 channels, orthonormal DC on the measured k-space, 4 input channels).
         residual: `x + unet(...)` instead of `unet(...)`.
         output_dc: after each block, "none", "hard" (measured columns replaced) or "learned" (weighted).
+        update: complex mode only: "complex" (the block outputs a complex update, 2 channels) or
+            "magnitude" (the block also sees the magnitude and outputs one real update of it, applied
+            along the current phase: `x + delta * x / |x|`; a magnitude correction needs no product of
+            the network's outputs with the phase, which a convolutional network learns slowly).
         **unet: keyword arguments of `StylishUNet` (channels, style_dim, modulation, size_fit, output).
     """
 
     def __init__(self, num_blocks: int = 1, iterations: int = 1, data_consistency: str = "reference",
-                 residual: bool = False, output_dc: str = "none", **unet: object) -> None:
+                 residual: bool = False, output_dc: str = "none", update: str = "complex", **unet: object) -> None:
         super().__init__()
         if data_consistency not in ("reference", "complex") or output_dc not in ("none", "hard", "learned"):
             raise ValueError(f"bad data_consistency={data_consistency!r} or output_dc={output_dc!r}")
+        if update not in ("complex", "magnitude"):
+            raise ValueError(f"update must be 'complex' or 'magnitude', got {update!r}")
         complex_mode = data_consistency == "complex"
+        self.magnitude_update = complex_mode and update == "magnitude"
         channels = {"in_channels": 4, "out_channels": 2} if complex_mode else {"in_channels": 2, "out_channels": 1}
+        if self.magnitude_update:
+            channels = {"in_channels": 5, "out_channels": 1}
         self.blocks = nn.ModuleList(StylishUNet(**channels, **unet) for _ in range(num_blocks))
         self.iterations, self.complex_mode, self.residual, self.output_dc = iterations, complex_mode, residual, output_dc
         self.dc_weight = nn.Parameter(torch.ones(num_blocks)) if output_dc == "learned" else None
@@ -231,8 +241,15 @@ class StylishReconstructor(nn.Module):
             return torch.stack([t.real, t.imag], dim=1)
 
         dc = as_channels(measured_residual(as_complex(x), kspace, mask, widths)).to(x.dtype)
-        update = block(torch.cat([x, dc], dim=1), style, grid)
-        x = x + update if self.residual else update
+        if self.magnitude_update:
+            current = as_complex(x)
+            magnitude = current.abs()
+            delta = block(torch.cat([x, dc, magnitude[:, None].to(x.dtype)], dim=1), style, grid)[:, 0].float()
+            phase = current / torch.sqrt(magnitude**2 + PHASE_EPS**2)
+            x = as_channels(((magnitude if self.residual else 0) + delta) * phase).to(x.dtype)
+        else:
+            update = block(torch.cat([x, dc], dim=1), style, grid)
+            x = x + update if self.residual else update
         if self.output_dc == "none":
             return x
         weight = 1.0 if self.dc_weight is None else self.dc_weight[index]

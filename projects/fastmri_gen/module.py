@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -12,6 +13,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from common.io import save_json
 from common.metrics import ReconstructionVolumeMetric
 from projects.fastmri_gen.data import Sample
 from projects.fastmri_gen.mobilenet import load_trunk_weights
@@ -27,6 +29,10 @@ MODULE_FIDELITY = {
     "kl_sum": True,  # 10: KL summed over batch and dimensions
     "proxy_reference": True,  # 11: proxy in train mode, no ImageNet normalisation, fixed-seed z at test
     "single_logit": True,  # 12: patch map averaged to one logit per sample
+    # measured causes of slow learning beyond the spec's table (see README)
+    "threshold_init_reference": True,  # 14: skip soft thresholds start at 1 (zeroing most skip features), else 0
+    "noise_init_reference": True,  # 15: noise-input scales start N(0, 1) (noise as strong as the features), else 0
+    "spectral_norm_reference": True,  # 16: spectral normalisation of the U-Net convolutions, else plain
 }
 
 
@@ -48,6 +54,10 @@ def stylish_kwargs(flags: dict[str, bool]) -> dict[str, Any]:
         "output_dc": "none" if reference_unet or magnitude else "hard",
         "dropout": 0.5 if reference_unet else 0.0,
         "modulation": "reference" if flags["adain_reference"] else "per_channel",
+        "update": "complex" if magnitude else "magnitude",
+        "threshold_init": 1.0 if flags["threshold_init_reference"] else 0.0,
+        "noise_init": "normal" if flags["noise_init_reference"] else "zero",
+        "spectral_norm": flags["spectral_norm_reference"],
     }
 
 
@@ -60,7 +70,7 @@ def build_net(net: DictConfig | dict, flags: dict[str, bool]) -> nn.Module:
         if issubclass(cls, StylishGenerator):
             defaults.update(imagenet_norm=not flags["proxy_reference"],
                             test_latent="fixed_noise" if flags["proxy_reference"] else "mean")
-        cfg = {**defaults, **cfg}
+        cfg = {**defaults, **{k: v for k, v in cfg.items() if v is not None}}  # null: from the switches
     return instantiate(cfg)
 
 
@@ -276,15 +286,28 @@ class ReconstructionModule(pl.LightningModule):
 
     def _log_metrics(self, stage: str) -> None:
         # every rank computes every metric (a collective call under DDP); accelerations not seen are NaN
+        per_volume: dict[str, dict[str, dict[str, float]]] = {}
         for key, metric in self.metrics.items():
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*compute.*before the ``update``.*")
                 values = metric.compute()
+                cases = metric.compute_per_case()  # cached by the call above: no second collective
             metric.reset()
+            if cases:
+                per_volume[key] = cases
             prefix = f"{stage}/" if key == "all" else f"{stage}/{key}/"
             finite = {f"{prefix}{name}": v.float() for name, v in values.items() if bool(torch.isfinite(v))}
             if finite or key == "all":
                 self.log_dict(finite or {f"{prefix}{name}": v.float() for name, v in values.items()})
+        self.log(f"{stage}/volumes", float(len(per_volume.get("all", {}))))
+        self._write_per_volume(stage, per_volume)
+
+    def _write_per_volume(self, stage: str, per_volume: dict) -> None:
+        """Write `<default_root_dir>/volume_metrics/<stage>.json` (rank 0): `{"all"|"x4"|...: {fname: scores}}`."""
+        trainer = self._trainer
+        if trainer is None or trainer.global_rank != 0 or trainer.sanity_checking:
+            return
+        save_json(Path(trainer.default_root_dir) / "volume_metrics" / f"{stage}.json", per_volume)
 
     def validation_step(self, batch: Sample, batch_idx: int) -> dict[str, Any]:
         return self._evaluate(batch)

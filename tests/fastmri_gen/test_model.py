@@ -80,6 +80,24 @@ def test_complex_mode_mixed_widths_and_hard_dc():
     assert torch.allclose(k1[:, mask[1, 1:19] > 0], kspace[1, :, 1:19][:, mask[1, 1:19] > 0], atol=1e-4)
 
 
+def test_magnitude_update_moves_along_the_phase():
+    net = StylishReconstructor(data_consistency="complex", residual=True, update="magnitude", output_dc="none",
+                               output="linear", size_fit="pad", min_channels=4, max_channels=8, zero_output=True)
+    torch.manual_seed(0)
+    kspace = torch.randn(2, 16, 16, dtype=torch.complex64)
+    mask = torch.ones(2, 16)
+    image = torch.stack([ifft2c(kspace).real, ifft2c(kspace).imag], 1)
+    assert net.blocks[0].init.in_channels == 5 and net.blocks[0].out.out_channels == 1
+    with torch.no_grad():
+        assert torch.allclose(net.eval()(image, kspace=kspace, mask=mask), image, atol=1e-5)  # delta 0: identity
+        torch.nn.init.constant_(net.blocks[0].out.bias, 0.5)  # delta = 0.5 everywhere
+        out = net(image, kspace=kspace, mask=mask)
+    before, after = torch.complex(image[:, 0], image[:, 1]), torch.complex(out[:, 0], out[:, 1])
+    clear = before.abs() > 0.05  # away from the near-zero pixels whose phase is damped by PHASE_EPS
+    assert torch.allclose(after.abs()[clear], before.abs()[clear] + 0.5, atol=1e-3)
+    assert torch.allclose(torch.angle(after)[clear], torch.angle(before)[clear], atol=1e-3)
+
+
 @pytest.mark.parametrize("mode,shape", [("global", (2, 320)), ("multi_vector", (2, 3, 320)),
                                         ("spatial", (2, 4, 320)), ("attention", (2, 3, 320))])
 def test_generator_texture_modes(mode, shape):
@@ -134,12 +152,23 @@ def test_fidelity_switches_reach_the_network():
     cfg = {"_target_": "projects.fastmri_gen.model.StylishGenerator", "min_channels": 4, "max_channels": 8}
     reference = build_net(cfg, fidelity_flags({}))  # defaults = the reference behaviour
     fixed = build_net(cfg, fidelity_flags({k: False for k in ("dc_reference", "unet_reference", "adain_reference",
-                                                               "proxy_reference")}))
+                                                               "proxy_reference", "threshold_init_reference",
+                                                               "noise_init_reference", "spectral_norm_reference")}))
     ref_unet, fixed_unet = reference.unet.blocks[0], fixed.unet.blocks[0]
     assert not reference.unet.complex_mode and fixed.unet.complex_mode and fixed.unet.residual
     assert (ref_unet.output, ref_unet.size_fit, fixed_unet.output, fixed_unet.size_fit) == (
         "hardsigmoid", "resize", "linear", "pad")
-    assert ref_unet.init.in_channels == 2 and fixed_unet.init.in_channels == 4 and fixed_unet.out.out_channels == 2
+    # fixed: complex image + DC residual + magnitude in, one magnitude update out
+    assert ref_unet.init.in_channels == 2 and fixed_unet.init.in_channels == 5 and fixed_unet.out.out_channels == 1
+    assert [float(t.threshold.detach()) for t in ref_unet.thresholds] == [1.0] * 4
+    assert [float(t.threshold.detach()) for t in fixed_unet.thresholds] == [0.0] * 4
+    noise_scales = [float(u.encoders[0].noise.scale.detach().abs().sum()) for u in (fixed_unet, ref_unet)]
+    assert noise_scales[0] == 0 < noise_scales[1]
+    assert hasattr(ref_unet.encoders[0].body[0][0], "weight_orig") and not hasattr(fixed_unet.encoders[0].body[0][0],
+                                                                                   "weight_orig")
+    override = build_net({**cfg, "threshold_init": 0.5, "update": "complex"}, fidelity_flags({"dc_reference": False}))
+    assert float(override.unet.blocks[0].thresholds[0].threshold.detach()) == 0.5  # a config key beats the switch
+    assert override.unet.blocks[0].out.out_channels == 2
     modes = {m.mode for m in reference.modules() if isinstance(m, StyleModulation)}
     assert modes == {"reference"} and {m.mode for m in fixed.modules() if isinstance(m, StyleModulation)} == {
         "per_channel"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -61,11 +62,12 @@ def test_demo_fast_dev_run(fastmri_root, tmp_path):
     assert math.isfinite(results["train/loss"]) and 0 < results["val/ssim"] <= 1
 
 
-@pytest.mark.parametrize("experiment,model", [("knee_x4", "generative_small"), ("knee_reference", "generative_small"),
-                                              ("knee_x8", "unet_small")])
-def test_paper_experiments_fast_dev_run(fastmri_root, tmp_path, experiment, model):
+@pytest.mark.parametrize("experiment,model,extra", [
+    ("knee_x4", "generative_small", []), ("knee_reference", "generative_small", []), ("knee_x8", "unet_small", []),
+    ("knee_x8", "generative_small", ["model.net.texture_mode=attention", "model.net.texture_vectors=2"])])
+def test_paper_experiments_fast_dev_run(fastmri_root, tmp_path, experiment, model, extra):
     cfg = compose_cfg([f"experiment={experiment}", f"model={model}", "debug=fdr", "data.sample_rate=1.0",
-                       "data.val_sample_rate=1.0", "model.loss.r1=1.0", *tiny(fastmri_root, tmp_path)])
+                       "data.val_sample_rate=1.0", "model.loss.r1=1.0", *extra, *tiny(fastmri_root, tmp_path)])
     results = train(cfg)
     assert math.isfinite(results["train/loss"]) and math.isfinite(results["val/psnr"])
     if model.startswith("generative"):
@@ -88,10 +90,14 @@ def test_eval_writes_fastmri_layout_and_matches_official_and_module_metrics(fast
     # the DDP-safe volume metric of the LightningModule gives the same numbers
     module = instantiate(cfg.model, _recursive_=False)
     datamodule = instantiate(cfg.data, _recursive_=False, val_accelerations=[4])
-    tested = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).test(module, datamodule=datamodule)
+    tested = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path).test(module, datamodule=datamodule)
     for key in ("nmse", "psnr", "ssim"):
         assert tested[0][f"test/{key}"] == pytest.approx(results["mean"][key], rel=1e-5)
         assert tested[0][f"test/x4/{key}"] == pytest.approx(results["mean"][key], rel=1e-5)
+    per_volume = json.loads((tmp_path / "volume_metrics" / "test.json").read_text())
+    for case, scores in results["cases"].items():
+        assert per_volume["x4"][f"{case}.h5"]["psnr"] == pytest.approx(scores["psnr"], rel=1e-5)
 
 
 def test_short_training_checkpoint_then_predict(fastmri_root, tmp_path):
@@ -116,3 +122,22 @@ def test_short_training_checkpoint_then_predict(fastmri_root, tmp_path):
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="bad.ckpt"):
         predict(tmp_path / "bad.ckpt", fastmri_root / "singlecoil_test", tmp_path / "x")
+
+
+def test_ddp_two_cpu_processes_score_every_volume_once(fastmri_root, tmp_path):
+    """`trainer=ddp_cpu` in a subprocess: validation volumes are split over 2 ranks and gathered, none doubled."""
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "RANK")}
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "projects" / "fastmri_gen" / "train.py"), "experiment=demo",
+         "trainer=ddp_cpu", "threads=1", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+         f"hydra.run.dir={run_dir}", *tiny(fastmri_root, run_dir)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    volumes = sorted(p.name for p in (fastmri_root / "singlecoil_val").glob("*.h5"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["val/volumes"] == len(volumes) == 3 and metrics["test/volumes"] == 3
+    for stage in ("val", "test"):  # val: gathered from the 2 ranks; test: one process after the fit
+        per_volume = json.loads((run_dir / "volume_metrics" / f"{stage}.json").read_text())
+        assert sorted(per_volume["all"]) == sorted(per_volume["x4"]) == volumes
+        assert all(0 < scores["ssim"] <= 1 for scores in per_volume["all"].values())
