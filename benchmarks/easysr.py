@@ -57,7 +57,7 @@ def gan_step(gen, disc, opt_g, opt_d, lr, hr, adversarial_weight: float, precisi
     opt_d.step()
 
 
-def timed(fn, repeat: int, warmup: int = 1) -> dict[str, float]:
+def timed(fn, repeat: int, warmup: int = 1, flops: bool = True) -> dict[str, float]:
     """Returns `measure(fn)` plus `cpu_s`, the process CPU seconds per call (less sensitive to other load)."""
     cpu = []
 
@@ -66,8 +66,8 @@ def timed(fn, repeat: int, warmup: int = 1) -> dict[str, float]:
         fn()
         cpu.append(time.process_time() - start)
 
-    stats = measure(wrapped, repeat=repeat, warmup=warmup)
-    stats["cpu_s"] = sorted(cpu[warmup:])[len(cpu[warmup:]) // 2]
+    stats = measure(wrapped, repeat=repeat, warmup=warmup, flops=flops)
+    stats["cpu_s"] = sorted(cpu[-repeat:])[repeat // 2]
     return stats
 
 
@@ -85,7 +85,7 @@ def train_step_rows(repeat: int) -> list[dict]:
                           gan_step(g, d, og, od, lr, hr, w, p), repeat=repeat)
             rows.append({"row": "train step G+D", "input": "[2,1,128,64,128]", "config": f"D={head}, adv={weight}",
                          "precision": precision, "seconds": stats["median_s"], "cpu_s": stats["cpu_s"],
-                         "peak_rss_mb": stats["peak_rss_mb"], "target_s": 11.7, "reference_s": 23.4})
+                         "gflops_per_s": stats["gflops_per_s"], "peak_rss_mb": stats["peak_rss_mb"], "target_s": 11.7, "reference_s": 23.4})
     return rows
 
 
@@ -100,11 +100,11 @@ def inference_rows(repeat: int) -> list[dict]:
         lr = torch.rand(*shape) * 255
         reps = repeat if shape[0] == 128 else 1
         stats = timed(lambda x=lr, p=patch, pr=precision: upsample_normalised(gen, x, p, 0.25, precision=pr),
-                      repeat=reps, warmup=1 if shape[0] == 128 else 0)
+                      repeat=reps, warmup=1 if shape[0] == 128 else 0, flops=shape[0] == 128)
         rows.append({"row": "inference G", "input": f"[1,1,{','.join(map(str, shape))}]",
                      "config": "whole volume" if patch is None else f"window {list(patch)}, overlap 0.25",
                      "precision": precision, "seconds": stats["median_s"], "cpu_s": stats["cpu_s"],
-                     "peak_rss_mb": stats["peak_rss_mb"], "target_s": None, "reference_s": 3.3 if shape[0] == 128 and patch is None else None})
+                     "gflops_per_s": stats.get("gflops_per_s"), "peak_rss_mb": stats["peak_rss_mb"], "target_s": None, "reference_s": 3.3 if shape[0] == 128 and patch is None else None})
     return rows
 
 

@@ -83,8 +83,25 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> dict[str, float]:
-    """Returns the median / min wall time (s) of `fn()` over `repeat` runs and the peak RSS (MiB) they reached."""
+def measure(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1, flops: bool = False) -> dict[str, float]:
+    """Times `fn()`: median / min wall time (s) over `repeat` runs after `warmup` untimed runs, and peak RSS (MiB).
+
+    Args:
+        fn: the call to time.
+        repeat: timed runs.
+        warmup: untimed runs first (at least one when `flops`).
+        flops: count the floating-point operations of one call (torch's FlopCounterMode, during the first warmup
+            run) and add `gflop` per call and `gflops_per_s` = gflop / median: a figure comparable across
+            machines and across days of one shared machine.
+    """
+    out: dict[str, float] = {}
+    if flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        out["gflop"] = counter.get_total_flops() / 1e9
+        warmup -= 1
     for _ in range(warmup):
         fn()
     _reset_peak()
@@ -93,7 +110,10 @@ def measure(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> dict[str
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "peak_rss_mb": _peak_mb(), "repeat": repeat}
+    out.update(median_s=statistics.median(times), min_s=min(times), peak_rss_mb=_peak_mb(), repeat=repeat)
+    if flops:
+        out["gflops_per_s"] = out["gflop"] / out["median_s"]
+    return out
 
 
 def print_table(rows: Sequence[dict[str, Any]], title: str = "") -> None:

@@ -66,15 +66,17 @@ def speed_rows(repeat: int) -> list[dict]:
     for bf16 in (False, True):
         model, step = _train_step(bf16, x, y)
         label = "bf16-mixed + channels_last" if bf16 else "fp32"
-        timing = measure(step, repeat=repeat, warmup=1)
+        timing = measure(step, repeat=repeat, warmup=1, flops=True)
         rows.append({"row": f"train step [8,5,197,233], {label}", "seconds": timing["median_s"],
+                     "gflops_per_s": timing["gflops_per_s"],
                      "reference_s": REFERENCE["train_step_s"], "target_s": REFERENCE["target_step_s"],
                      "peak_rss_mb": timing["peak_rss_mb"]})
         model.eval()
         fn = logits_function(_ChannelsLast(model) if bf16 else model, bf16=bf16)
         timing = measure(lambda fn=fn: predict_volume(fn, scan, 5, batch_size=32), repeat=max(1, repeat - 1),
-                         warmup=1)
+                         warmup=1, flops=True)
         rows.append({"row": f"scan 197x233x189, 32 slices/batch, {label}", "seconds": timing["median_s"],
+                     "gflops_per_s": timing["gflops_per_s"],
                      "reference_s": REFERENCE["scan_s"], "target_s": REFERENCE["target_scan_s"],
                      "peak_rss_mb": timing["peak_rss_mb"]})
     return rows

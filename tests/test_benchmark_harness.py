@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import harness
+
+
+def test_measure_counts_the_flops_of_one_call() -> None:
+    a, b = torch.randn(64, 32), torch.randn(32, 16)
+    calls = []
+
+    def fn() -> None:
+        calls.append(1)
+        a @ b
+
+    stats = harness.measure(fn, repeat=3, warmup=1, flops=True)
+    assert stats["gflop"] == pytest.approx(2 * 64 * 32 * 16 / 1e9)
+    assert stats["gflops_per_s"] == pytest.approx(stats["gflop"] / stats["median_s"])
+    assert len(calls) == 4 and stats["min_s"] <= stats["median_s"]
+
+
+def test_previous_rows_keeps_the_selected_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(harness, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(harness, "matmul_gflops", lambda: 1.0)
+    assert harness.previous_rows("x", lambda row: True) == []
+    harness.write_results("x", [{"row": "speed", "seconds": 1.0}, {"row": "quality", "dice": 0.5}])
+    assert harness.previous_rows("x", lambda row: "dice" in row) == [{"row": "quality", "dice": 0.5}]
