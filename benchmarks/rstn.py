@@ -68,36 +68,56 @@ def coarse_plane_rows(net: RSTN, slices: int, batch_size: int) -> list[dict]:
     return rows
 
 
-def quality_rows(out: Path, minutes: float) -> list[dict]:
-    """Trains and tests the demo (synthetic data), then times coarse-to-fine on one held-out volume."""
+def quality_rows(out: Path, steps: int, planes: str, overrides: list[str], reuse: bool = False) -> list[dict]:
+    """Trains and tests the demo recipe (synthetic data, a step budget), then times coarse-to-fine on one volume.
+
+    With `reuse`, `out` is a finished demo run (`result.json`, `eval/summary.json`, checkpoints): nothing is
+    trained again, and `steps` / `planes` are read from it.
+    """
     from common.io.cache import VolumeCache
     from projects.rstn.data import load_split
     from projects.rstn.demo import run
     from projects.rstn.eval import load_plane_model
 
-    result = run(out, planes="Z", max_minutes=minutes)
+    if reuse:
+        result = json.loads((out / "result.json").read_text())
+        planes, steps = "".join(result["train_steps"]), max(result["train_steps"].values())
+    else:
+        result = run(out, planes=planes, steps=steps, overrides=overrides, threads=1)
     summary = json.loads((out / "eval" / "summary.json").read_text())
     stages, cases = summary["stages"], summary["cases"]
-    rows = [{"row": f"DSC {stage} (synthetic, {s['n']} held-out)", "mean": s["mean"], "std": s["std"],
+    label = f"{steps} steps/plane, planes {planes}"
+    rows = [{"row": f"DSC {stage} (synthetic, {s['n']} held-out; {label})", "mean": s["mean"], "std": s["std"],
              "min": s["min"], "max": s["max"]} for stage, s in stages.items()]
-    rows.append({"row": "DSC classical window rule", "mean": result["baseline_value"]})
+    rows.append({"row": "DSC classical window rule (same held-out cases)", "mean": result["baseline_value"]})
+    coarse = stages["fusion"]["mean"]
+    rows.append({"row": "coarse-to-fine minus fused coarse DSC", "mean": stages["coarse2fine"]["mean"] - coarse})
     rounds = [c["rounds"] for c in cases.values()]
-    rows.append({"row": "coarse-to-fine rounds to convergence", "mean": float(np.mean(rounds)),
+    rows.append({"row": "coarse-to-fine rounds to convergence (inter-DSC >= 0.99)", "mean": float(np.mean(rounds)),
                  "min": float(np.min(rounds)), "max": float(np.max(rounds))})
+    rows.append({"row": f"training seconds ({label}, 1 thread)", "seconds": result["train_seconds"]})
     cache = VolumeCache(out / "cache")
     case = load_split(out / "cache" / "splits.json", 0)[1][0]
     image = np.asarray(cache.load(case, "image"), np.float32)
-    model = {"Z": load_plane_model(out / "run" / "Z" / "checkpoints" / "last.ckpt")}
+    models = {p: load_plane_model(out / "run" / p / "checkpoints" / "last.ckpt") for p in planes}
 
     def c2f() -> None:
         with torch.no_grad():
-            coarse = {"Z": predict_plane(image, "Z", model["Z"])}
-            coarse_to_fine(image, model, coarse, batch_size=16)
+            coarse = {p: predict_plane(image, p, m) for p, m in models.items()}
+            coarse_to_fine(image, models, coarse, batch_size=16)
 
     m = measure(c2f, repeat=3, warmup=1)
-    rows.append({"row": f"coarse-to-fine per volume {image.shape} (1/16 width)", "seconds": m["median_s"],
-                 "peak_rss_mb": m["peak_rss_mb"]})
+    rows.append({"row": f"coarse-to-fine per volume {image.shape} (demo width, planes {planes})",
+                 "seconds": m["median_s"], "peak_rss_mb": m["peak_rss_mb"]})
     return rows
+
+
+def previous_speed_rows() -> list[dict]:
+    """Returns the paper-width speed rows of the current results file (kept by a quality-only run)."""
+    path = RESULTS_DIR / "rstn.json"
+    previous = json.loads(path.read_text())["rows"] if path.exists() else []
+    return [{k: v for k, v in r.items() if v is not None} for r in previous
+            if r["row"].startswith(("train step", "coarse plane"))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,16 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="outputs/bench/rstn")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--slices", type=int, default=100, help="slices of the coarse-plane timing")
-    parser.add_argument("--minutes", type=float, default=3.0, help="training budget of the quality rows")
+    parser.add_argument("--steps", type=int, default=600, help="training steps per plane of the quality rows")
+    parser.add_argument("--planes", default="Z", help="planes of the quality rows (XYZ adds the fusion)")
+    parser.add_argument("--set", action="append", default=[], help="Hydra override of the quality run's config")
+    parser.add_argument("--from-run", default=None, help="record the quality rows of this finished demo run")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-speed", action="store_true",
                         help="keep the paper-width speed rows of the last results file")
     args = parser.parse_args(argv)
-    if args.skip_speed:
-        previous = json.loads((RESULTS_DIR / "rstn.json").read_text())["rows"] if (RESULTS_DIR / "rstn.json").exists() else []
-        rows = [{k: v for k, v in r.items() if v is not None} for r in previous
-                if r["row"].startswith(("train step", "coarse plane"))]
-    else:
+    rows: list[dict] = []
+    if not args.skip_speed:
         net = _paper_net()
         rows = train_step_rows(net, args.repeat)
         print(rows, flush=True)
@@ -123,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         print(rows[-2:], flush=True)
         del net
     if not args.skip_quality:
-        rows += quality_rows(Path(args.out), args.minutes)
+        out = Path(args.from_run or args.out)
+        rows += quality_rows(out, args.steps, args.planes, args.set, reuse=args.from_run is not None)
+    if args.skip_speed:  # read at the end: the speed rows may have been rewritten while this ran
+        rows = previous_speed_rows() + rows
     keys = list(dict.fromkeys(k for row in rows for k in row))
     rows = [{k: row.get(k) for k in keys} for row in rows]
     load = os.getloadavg()

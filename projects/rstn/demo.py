@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,12 @@ def _threads() -> int:
     return 1 if os.getloadavg()[0] > cores else cores
 
 
+def _steps(run_dir: Path, planes: str) -> dict[str, int]:
+    """Returns the global step of each plane's last checkpoint."""
+    return {p: int(torch.load(run_dir / p / "checkpoints" / "last.ckpt", map_location="cpu",
+                              weights_only=False)["global_step"]) for p in planes}
+
+
 def _baseline(cache: VolumeCache, train: list[str], test: list[str]) -> tuple[list[float], float]:
     images = [np.asarray(cache.load(c, "image"), np.float32) for c in train]
     labels = [np.asarray(cache.load(c, "label")) for c in train]
@@ -54,26 +61,40 @@ def _baseline(cache: VolumeCache, train: list[str], test: list[str]) -> tuple[li
 
 
 def run(out: Path, n_cases: int = 16, shape: tuple[int, int, int] = (64, 64, 32), planes: str = "Z",
-        max_minutes: float = 2.0) -> dict:
-    """Runs the demo in `out`; returns the result written to `out/result.json`."""
-    torch.set_num_threads(_threads())
+        steps: int | None = None, max_minutes: float | None = None, overrides: Sequence[str] = (),
+        threads: int | None = None) -> dict:
+    """Runs the demo in `out`; returns the result written to `out/result.json`.
+
+    Args:
+        out: output folder (cache, runs, eval, prediction, result.json).
+        n_cases, shape: the synthetic data set (fold 0 of 4 folds is held out).
+        planes: planes to train and fuse, e.g. "Z" or "XYZ".
+        steps: training steps per plane (None: the experiment's `trainer.max_steps`).
+        max_minutes: optional wall-clock cap of the training of all planes together.
+        overrides: extra Hydra overrides of the training config.
+        threads: torch threads (None: 1 on a loaded machine, else every core).
+    """
+    torch.set_num_threads(threads or _threads())
     cache_dir = out / "cache"
     prepare_synthetic(cache_dir, n_cases, shape, seed=0)
     common = [f"paths.output_dir={out / 'run'}", f"data.cache_dir={cache_dir}", "data.synthetic=null",
               f"data.split_file={cache_dir / 'splits.json'}", f"paths.outputs_root={out}"]
     start = time.perf_counter()
-    minutes = max_minutes / len(planes)
+    budget = [f"trainer.max_steps={steps}"] if steps else []
+    if max_minutes:
+        seconds = int(60 * max_minutes / len(planes))
+        budget.append(f"+trainer.max_time=00:00:{seconds // 60:02d}:{seconds % 60:02d}")
     for plane in planes:
         cfg = _compose("train", ["experiment=demo", f"plane={plane}", "logger=none", "test_after_fit=false",
-                                 f"+trainer.max_time=00:00:{int(minutes):02d}:{int(60 * (minutes % 1)):02d}",
-                                 "+trainer.enable_progress_bar=false", *common])
+                                 "+trainer.enable_progress_bar=false", *budget, *common, *overrides])
         train_planes(cfg)
     train_seconds = time.perf_counter() - start
     ckpts = {p: out / "run" / p / "checkpoints" / "last.ckpt" for p in planes}
     cfg = _compose("eval", ["experiment=demo", f"eval.out_dir={out / 'eval'}", "eval.fine_batch_size=16",
-                            f"eval.planes=[{','.join(planes)}]", *common,
+                            f"eval.planes=[{','.join(planes)}]", *common, *overrides,
                             *[f"checkpoints.{p}={path}" for p, path in ckpts.items()]])
-    stages = evaluate_rstn(cfg)["stages"]
+    evaluation = evaluate_rstn(cfg)
+    stages, details = evaluation["stages"], evaluation["cases"]
     cache = VolumeCache(cache_dir)
     train, test = load_split(cache_dir / "splits.json", 0)
     baseline, baseline_train = _baseline(cache, train, test)
@@ -90,6 +111,7 @@ def run(out: Path, n_cases: int = 16, shape: tuple[int, int, int] = (64, 64, 32)
               "baseline": "intensity window in a prior box + large components (tuned on training cases)",
               "baseline_value": float(np.mean(baseline)), "baseline_train_value": baseline_train,
               "n_cases": len(test), "prediction": str(pred_path), "train_seconds": round(train_seconds, 1),
+              "train_steps": _steps(out / "run", planes), "rounds": [c["rounds"] for c in details.values()],
               "threads": torch.get_num_threads()}
     save_json(out / "result.json", result)
     return result
@@ -100,9 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--out", default="outputs/demo/rstn")
     parser.add_argument("--planes", default="Z", help="planes to train and fuse, e.g. Z or XYZ")
-    parser.add_argument("--minutes", type=float, default=2.0, help="training time budget, all planes together")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per plane (default: the config's)")
+    parser.add_argument("--minutes", type=float, default=None, help="optional cap of the training time, all planes")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the demo experiment")
     args = parser.parse_args(argv)
-    result = run(Path(args.out), planes=args.planes, max_minutes=args.minutes)
+    result = run(Path(args.out), planes=args.planes, steps=args.steps, max_minutes=args.minutes,
+                 overrides=args.overrides, threads=args.threads)
     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()})
     return 0
 
