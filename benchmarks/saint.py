@@ -1,10 +1,11 @@
 """SAINT benchmark: quality against interpolation along z, train-step time, whole-volume inference time and memory.
 
-    python -m benchmarks.saint [--skip-quality] [--out outputs/bench/saint]
+    python -m benchmarks.saint [--skip-quality] [--skip-speed] [--out outputs/bench/saint]
 
-1. Quality: the demo (synthetic CT abdomens, reduced-width MSR trained for two minutes, then the RFN) scored at
-   x4 and x6 on held-out volumes with the paper's protocol: SAINT with RFN fusion, mean fusion and each view
-   alone (MSR only), beside cubic and linear interpolation along z.
+1. Quality: the demo (synthetic CT abdomens, reduced-width MSR trained for a fixed number of steps, then the RFN)
+   scored at x4 and x6 on held-out volumes with the paper's protocol: SAINT with RFN fusion, mean fusion and each
+   view alone (MSR only), beside cubic and linear interpolation along z, with the gain in dB over both; then the
+   paper's formulation (`experiment=demo_paper`) at the same width, data and steps.
 2. Train step of the paper's MSR on a batch [4, 3, 512, 10] + distance maps, L1 over the real phases, Adam:
    fp32, fp32 + channels_last, bf16 autocast + channels_last (PERF.md: reference 1.38 s).
 3. Whole-volume inference of the paper's network, both views with batched planes + RFN fusion:
@@ -20,12 +21,12 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from benchmarks.harness import measure, print_table, write_results
+from benchmarks.harness import measure, previous_rows, print_table, write_results
 from projects.saint.model import PIXELS_PER_PASS, SAINT, distance_map
 from projects.saint.module import masked_l1
 from projects.saint.runtime import choose_threads
@@ -34,20 +35,38 @@ PAPER_TRAIN_STEP_S = 1.38
 PAPER_INFER_256_S = 82.0
 
 
-def quality_rows(out: Path, msr_seconds: int, rfn_seconds: int, threads: int) -> list[dict]:
-    """Runs the demo into `out` and returns one row per (factor, method) with PSNR, SSIM and the gain over cubic."""
+QUALITY_EXPERIMENTS = {"demo": "", "demo_paper": "paper formulation: "}
+
+
+def quality_rows(out: Path, msr_steps: int, rfn_steps: int, threads: int,
+                 experiments: Sequence[str] = tuple(QUALITY_EXPERIMENTS)) -> list[dict]:
+    """Runs the demo into `out/<experiment>` for each experiment and returns one row per (factor, method) with
+    PSNR, SSIM and the gains over linear and cubic interpolation (the baselines once, from the first run)."""
     from projects.saint.demo import main as demo_main
 
-    demo_main(["--out", str(out), "--msr-seconds", str(msr_seconds), "--rfn-seconds", str(rfn_seconds),
-               "--threads", str(threads)])
-    result = json.loads((out / "result.json").read_text())
     rows = []
-    for factor, methods in result["table"].items():
-        cubic = methods["cubic along z"]["psnr"]
-        for method, v in methods.items():
-            rows.append({"factor": factor, "method": method, "psnr_db": v["psnr"], "ssim": v["ssim"],
-                         "gain_vs_cubic_db": round(v["psnr"] - cubic, 2), "n_cases": result["n_cases"]})
+    for n, experiment in enumerate(experiments):
+        demo_main(["--out", str(out / experiment), "--msr-steps", str(msr_steps), "--rfn-steps", str(rfn_steps),
+                   "--threads", str(threads), "--experiment", experiment])
+        result = json.loads((out / experiment / "result.json").read_text())
+        for factor, methods in result["table"].items():
+            cubic, linear = methods["cubic along z"]["psnr"], methods["linear along z"]["psnr"]
+            for method, v in methods.items():
+                baseline = not method.startswith("SAINT")
+                if baseline and n > 0:
+                    continue
+                rows.append({"factor": factor, "method": (QUALITY_EXPERIMENTS.get(experiment, experiment + ": ")
+                                                          if not baseline else "") + method,
+                             "psnr_db": round(v["psnr"], 2), "ssim": round(v["ssim"], 4),
+                             "gain_vs_linear_db": round(v["psnr"] - linear, 2),
+                             "gain_vs_cubic_db": round(v["psnr"] - cubic, 2), "n_cases": result["n_cases"],
+                             "msr_steps": msr_steps, "rfn_steps": rfn_steps})
     return rows
+
+
+def is_speed_row(row: dict) -> bool:
+    """Speed rows carry a `measurement`; quality rows a `factor` and a `method`."""
+    return "measurement" in row
 
 
 def _train_step(net: SAINT, channels_last: bool, bf16: bool) -> Callable[[], None]:
@@ -146,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="demo output folder (default: a temporary folder)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--plane-batch", type=int, default=None, help="default: by pixel budget")
-    parser.add_argument("--msr-seconds", type=int, default=150, help="stage-1 training time of the quality run")
-    parser.add_argument("--rfn-seconds", type=int, default=30, help="stage-2 training time of the quality run")
+    parser.add_argument("--skip-speed", action="store_true",
+                        help="quality rows only; the speed rows of the last results file are kept")
+    parser.add_argument("--msr-steps", type=int, default=600, help="stage-1 steps of the quality runs (the demo's)")
+    parser.add_argument("--rfn-steps", type=int, default=150, help="stage-2 steps of the quality runs (the demo's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as the demo chooses)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -156,13 +177,19 @@ def main(argv: list[str] | None = None) -> int:
     quality: list[dict] = []
     if not args.skip_quality:
         with tempfile.TemporaryDirectory() as tmp:
-            quality = quality_rows(Path(args.out) if args.out else Path(tmp), args.msr_seconds, args.rfn_seconds,
+            quality = quality_rows(Path(args.out) if args.out else Path(tmp), args.msr_steps, args.rfn_steps,
                                    threads)
-        print_table(quality, f"SAINT on held-out synthetic CT (paper protocol), MSR trained {args.msr_seconds} s")
+        print_table(quality, f"SAINT on held-out synthetic CT (paper protocol), MSR {args.msr_steps} steps, "
+                             f"RFN {args.rfn_steps} steps")
+    else:
+        quality = previous_rows("saint", lambda row: not is_speed_row(row))
     torch.set_num_threads(threads)
-    speed = train_step_rows(args.repeat) + inference_rows_256(args.plane_batch) + \
-        inference_rows_512(args.plane_batch, n_planes=16, n_slices=8)
-    print_table(speed, f"SAINT speed and memory ({torch.get_num_threads()} threads, load average at start {load})")
+    if args.skip_speed:
+        speed = previous_rows("saint", is_speed_row)
+    else:
+        speed = train_step_rows(args.repeat) + inference_rows_256(args.plane_batch) + \
+            inference_rows_512(args.plane_batch, n_planes=16, n_slices=8)
+        print_table(speed, f"SAINT speed and memory ({torch.get_num_threads()} threads, load average at start {load})")
     path = write_results("saint", quality + speed, seconds=round(time.perf_counter() - start, 1),
                          threads=threads, load_average_start=load, load_average_end=list(os.getloadavg()))
     print(f"\nwritten {path}")

@@ -26,6 +26,17 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> t
     return ((pred.float() - target).abs() * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, unit: float = 4000.0) -> torch.Tensor:
+    """Returns the mean squared error over the elements where `mask` is 1, in units of `unit` squared.
+
+    The metric of the protocol is PSNR, i.e. the MSE of intensities / 4000: an MSE loss optimises it directly.
+    """
+    return (((pred.float() - target) / unit) ** 2 * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+LOSSES = {"l1": masked_l1, "mse": masked_mse}
+
+
 class SaintModule(ConfiguredModule):
     """SAINT training and evaluation.
 
@@ -40,16 +51,23 @@ class SaintModule(ConfiguredModule):
         plane_batch: planes per inference pass (None: by pixel budget, see `model.PIXELS_PER_PASS`).
         crop_fraction: central fraction of x and y scored by the protocol.
         channels_last: keep weights and training inputs channels-last (faster 2-D convolutions on CPU).
+        loss: "l1" (paper) or "mse" (the metric's own error; see `masked_mse`).
+        gw_lr_scale: learning-rate multiplier of the kernel generator `GW` (paper: 1). Every Adam step moves
+            all GW weights by about the learning rate and the generated kernels multiply every feature, so the
+            output moves by hundreds of HU per step at the trunk's rate; 0.01 keeps the two in step.
     """
 
     def __init__(self, net: DictConfig | dict, optimizer: DictConfig | dict | None = None,
                  scheduler: DictConfig | dict | None = None, scheduler_interval: str = "epoch",
                  monitor: str = "val/psnr", stage: str = "msr", msr_ckpt: str | None = None,
                  init_ckpt: str | None = None, eval_fuse: str = "mean", eval_factors: Sequence[int] = (4, 6),
-                 plane_batch: int | None = None, crop_fraction: float = 0.5, channels_last: bool = False) -> None:
+                 plane_batch: int | None = None, crop_fraction: float = 0.5, channels_last: bool = False,
+                 loss: str = "l1", gw_lr_scale: float = 1.0) -> None:
         super().__init__(net, optimizer, scheduler, scheduler_interval, monitor)
         if stage not in ("msr", "rfn"):
             raise ValueError(f"stage must be 'msr' or 'rfn', got {stage!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
         if stage == "rfn" and not msr_ckpt:
             raise ValueError("stage 'rfn' needs msr_ckpt (the stage-1 checkpoint)")
         self.net: SAINT
@@ -59,6 +77,16 @@ class SaintModule(ConfiguredModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         names = ["psnr", "ssim"] + [f"{m}_x{f}" for m in ("psnr", "ssim") for f in eval_factors]
         self.scores = torch.nn.ModuleDict({n: MeanMetric() for n in names})
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Returns the trainable parameters in two groups: the kernel generator (lr * gw_lr_scale), the rest."""
+        trainable = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
+        gw = [p for n, p in trainable if n.startswith("GW.")]
+        rest = [p for n, p in trainable if not n.startswith("GW.")]
+        if not gw or self.hparams.gw_lr_scale == 1.0:
+            return [{"params": rest + gw}]
+        lr = float(self.hparams.optimizer["lr"]) * self.hparams.gw_lr_scale
+        return [{"params": rest}, {"params": gw, "lr": lr}]
 
     def network_parameter_counts(self) -> dict[str, int]:
         """Returns the parameter counts of the two networks (frozen ones included): `msr`, `rfn`."""
@@ -81,7 +109,7 @@ class SaintModule(ConfiguredModule):
             pred = self.net(self._layout(batch["lr"]), batch["dist"])
         else:
             pred = self.net.RFN(self._layout(batch["views"]))
-        loss = masked_l1(pred, batch["target"], batch["mask"])
+        loss = LOSSES[self.hparams.loss](pred, batch["target"], batch["mask"])
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["target"]))
         return loss
 
