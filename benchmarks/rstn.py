@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{k: row.get(k) for k in keys} for row in rows]
     load = os.getloadavg()
     print_table(rows, f"RSTN (2-core CPU, load average {load[0]:.1f} during the run)")
-    write_results("rstn", rows, command="python -m benchmarks.rstn " + " ".join(argv or []), load_average=load)
+    write_results("rstn", rows, command="python -m benchmarks.rstn " + " ".join(sys.argv[1:] if argv is None else argv), load_average=load)
     return 0
 
 
