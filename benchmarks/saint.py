@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import harness
 from benchmarks.harness import measure, previous_rows, print_table, write_results
 from projects.saint.model import PIXELS_PER_PASS, SAINT, distance_map
 from projects.saint.module import masked_l1
@@ -62,6 +63,18 @@ def quality_rows(out: Path, msr_steps: int, rfn_steps: int, threads: int,
                              "gain_vs_cubic_db": round(v["psnr"] - cubic, 2), "n_cases": result["n_cases"],
                              "msr_steps": msr_steps, "rfn_steps": rfn_steps})
     return rows
+
+
+def previous_run_info(name: str) -> dict | None:
+    """Returns when, on how many threads and on what machine the speed rows of the last results file were
+    measured (kept beside them when only the quality rows are rerun), or None without a file."""
+    path = harness.RESULTS_DIR / f"{name}.json"
+    if not path.exists():
+        return None
+    last = json.loads(path.read_text())
+    if "speed_rows_from" in last:
+        return last["speed_rows_from"]
+    return {k: last.get(k) for k in ("when", "threads", "machine", "load_average_start")}
 
 
 def is_speed_row(row: dict) -> bool:
@@ -184,14 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         quality = previous_rows("saint", lambda row: not is_speed_row(row))
     torch.set_num_threads(threads)
+    speed_run = previous_run_info("saint") if args.skip_speed else None
     if args.skip_speed:
         speed = previous_rows("saint", is_speed_row)
     else:
         speed = train_step_rows(args.repeat) + inference_rows_256(args.plane_batch) + \
             inference_rows_512(args.plane_batch, n_planes=16, n_slices=8)
         print_table(speed, f"SAINT speed and memory ({torch.get_num_threads()} threads, load average at start {load})")
+    extra = {"speed_rows_from": speed_run} if speed_run else {}
     path = write_results("saint", quality + speed, seconds=round(time.perf_counter() - start, 1),
-                         threads=threads, load_average_start=load, load_average_end=list(os.getloadavg()))
+                         threads=threads, load_average_start=load, load_average_end=list(os.getloadavg()), **extra)
     print(f"\nwritten {path}")
     return 0
 

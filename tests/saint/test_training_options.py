@@ -96,11 +96,13 @@ def test_a_quality_only_benchmark_keeps_the_earlier_speed_rows(tmp_path: Path, m
     speed = {"measurement": "MSR train step", "seconds": 1.5}
     old_quality = {"factor": "x4", "method": "linear along z", "psnr_db": 30.0}
     results = tmp_path / "saint.json"
-    results.write_text(json.dumps({"rows": [old_quality, speed]}))
+    results.write_text(json.dumps({"rows": [old_quality, speed], "when": "earlier", "threads": 2}))
     new_quality = [{"factor": "x4", "method": "SAINT rfn fusion", "psnr_db": 31.0}]
     monkeypatch.setattr(harness, "RESULTS_DIR", tmp_path)
     monkeypatch.setattr(bench, "quality_rows", lambda *a, **k: new_quality)
     assert bench.main(["--skip-speed", "--threads", "1", "--out", str(tmp_path / "run")]) == 0
-    rows = json.loads(results.read_text())["rows"]
+    written = json.loads(results.read_text())
+    rows = written["rows"]
     assert rows == [*new_quality, speed]
+    assert written["speed_rows_from"]["when"] == "earlier" and written["speed_rows_from"]["threads"] == 2
     assert np.isfinite(rows[0]["psnr_db"])
