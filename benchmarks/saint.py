@@ -28,9 +28,9 @@ import torch
 
 from benchmarks import harness
 from benchmarks.harness import measure, previous_rows, print_table, write_results
+from common.runtime import choose_threads
 from projects.saint.model import PIXELS_PER_PASS, SAINT, distance_map
 from projects.saint.module import masked_l1
-from projects.saint.runtime import choose_threads
 
 PAPER_TRAIN_STEP_S = 1.38
 PAPER_INFER_256_S = 82.0

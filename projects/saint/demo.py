@@ -24,13 +24,13 @@ from common.io.atomic import save_json
 from common.io.cache import VolumeCache
 from common.io.nifti import load_nifti, save_nifti, scale_axis_affine
 from common.run import CONF_ROOT, REPO_ROOT, train
+from common.runtime import set_threads
 from common.synthetic import ct_abdomen, write_msd_task
 from projects.saint.checkpoint import load_saint
 from projects.saint.data import PAPER_SPLIT, VolumeDataset, load_split, split_cases
 from projects.saint.eval import score_case, summarise
 from projects.saint.predict import predict_file
 from projects.saint.prepare import prepare
-from projects.saint.runtime import set_threads
 
 DEMO_SHAPE = (64, 64, 48)
 DEMO_SPACING = (0.8, 0.8, 1.25)

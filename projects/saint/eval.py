@@ -26,11 +26,11 @@ from common.errors import DataError  # noqa: E402
 from common.io.atomic import save_json  # noqa: E402
 from common.io.cache import VolumeCache  # noqa: E402
 from common.run import entry, output_dir  # noqa: E402
+from common.runtime import set_threads  # noqa: E402
 from projects.saint.checkpoint import load_saint  # noqa: E402
 from projects.saint.data import PAPER_SPLIT, VolumeDataset, split_cases  # noqa: E402
 from projects.saint.evaluation import interpolate_z, psnr_saint, ssim_saint, weighted_mean  # noqa: E402
 from projects.saint.model import SAINT  # noqa: E402
-from projects.saint.runtime import set_threads  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,9 @@ def print_rows(rows: list[dict], title: str) -> None:
     Console(width=120).print(table)
 
 
+@torch.no_grad()
 def evaluate(cfg: DictConfig) -> list[dict]:
     """Runs the evaluation of `cfg` and returns the summary rows (also written to `eval_x<f>.json`)."""
-    torch.set_grad_enabled(False)
     set_threads(cfg.threads)
     net, rfn_trained = load_saint(cfg.ckpt_path, OmegaConf.to_container(cfg.model.net, resolve=True))
     fuses = [m for m in cfg.fuse if m != "rfn" or rfn_trained]

@@ -20,10 +20,10 @@ import torch
 from common.cli import exit_code_on_data_error
 from common.errors import DataError
 from common.io.nifti import load_nifti, save_nifti, scale_axis_affine, voxel_spacing
+from common.runtime import set_threads
 from projects.saint.checkpoint import load_saint
 from projects.saint.model import SAINT
 from projects.saint.prepare import HU_OFFSET, axial_axis, offset_intensities
-from projects.saint.runtime import set_threads
 
 
 def synthesise_hu(net: SAINT, hu: np.ndarray, spacing: tuple[float, float, float], factor: int,

@@ -141,6 +141,7 @@ def test_eval_prints_saint_beside_cubic_and_linear(cache_dir: Path, tmp_path: Pa
     cfg = compose_saint("eval", [f"ckpt_path={ckpt}", f"data.cache_dir={cache_dir}", "factor=6",
                                  f"paths.output_dir={tmp_path / 'eval'}", "max_cases=1"])
     rows = {r["method"]: r for r in evaluate(cfg)}
+    assert torch.is_grad_enabled()  # evaluation turns gradients off for its own scope only
     assert "SAINT rfn fusion" not in rows  # stage-1 checkpoint: untrained RFN
     assert {"SAINT mean fusion", "cubic along z", "linear along z", "SAINT view x (MSR)"} <= set(rows)
     assert all(0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 for r in rows.values())
