@@ -76,6 +76,14 @@ def foreground_slices(label: np.ndarray, axis: int) -> list[tuple[int, int]]:
     return [(int(j), int(n)) for j, n in enumerate(counts) if n > 0]
 
 
+def organ_free_slices(label: np.ndarray, axis: int, thickness: int = 3) -> list[int]:
+    """Returns the centres j whose whole triplet (j - t//2 .. j + t//2, clamped) holds no foreground."""
+    present = label.any(axis=tuple(a for a in range(3) if a != axis))
+    half = thickness // 2
+    return [j for j in range(label.shape[axis])
+            if not present[max(j - half, 0):min(j + half, label.shape[axis] - 1) + 1].any()]
+
+
 class PlaneSlices(Dataset):
     """Slice triplets of one plane of several cached cases.
 
@@ -87,28 +95,41 @@ class PlaneSlices(Dataset):
         foreground_only: keep only slices with foreground (training), else every slice (testing).
         slice_threshold: with `foreground_only`, keep the largest `slice_threshold` fraction of the
             non-empty slices, ranked by foreground pixels over all the given cases (0.98 drops the smallest 2%).
+        empty_fraction: with `foreground_only`, also keep organ-free slices (no foreground in the whole
+            triplet), as many as `empty_fraction` times the kept foreground slices (fewer if the cases hold
+            fewer), drawn once with `seed`; 0 is the paper's protocol (foreground slices only).
+        seed: seed of that draw.
 
     Raises:
         DataError: a case is not in the cache.
     """
 
     def __init__(self, cache_root: str | Path, case_ids: Sequence[str], plane: str, thickness: int = 3,
-                 foreground_only: bool = True, slice_threshold: float = 0.98) -> None:
+                 foreground_only: bool = True, slice_threshold: float = 0.98, empty_fraction: float = 0.0,
+                 seed: int = 0) -> None:
+        if empty_fraction < 0:
+            raise ValueError(f"empty_fraction must be >= 0, got {empty_fraction}")
         self.cache = VolumeCache(cache_root)
         self.axis = plane_axis(plane)
         self.thickness = thickness
         self.index: list[tuple[str, int]] = []
         ranked: list[tuple[int, str, int]] = []
+        empty: list[tuple[str, int]] = []
         for case_id in case_ids:
             label = self.cache.load(case_id, "label")
             if foreground_only:
                 ranked += [(n, case_id, j) for j, n in foreground_slices(label, self.axis)]
+                empty += [(case_id, j) for j in organ_free_slices(label, self.axis, thickness)]
             else:
                 self.index += [(case_id, j) for j in range(label.shape[self.axis])]
         if foreground_only and ranked:
             ranked.sort()
             drop = int(np.floor(len(ranked) * (1 - slice_threshold)))
             self.index = sorted((c, j) for _, c, j in ranked[drop:])
+        n_empty = min(len(empty), int(round(empty_fraction * len(self.index))))
+        if foreground_only and n_empty > 0:
+            picked = np.random.default_rng(seed).choice(len(empty), size=n_empty, replace=False)
+            self.index = sorted(self.index + [empty[i] for i in picked])
 
     def __len__(self) -> int:
         return len(self.index)
@@ -136,6 +157,7 @@ class RSTNDataModule(pl.LightningDataModule):
         plane: "X", "Y" or "Z".
         thickness: slices per sample.
         slice_threshold: see `PlaneSlices`.
+        empty_fraction: organ-free training slices per kept foreground slice (see `PlaneSlices`; 0 = paper).
         val_cases: how many training cases (the last ones) are held out for validation; 0 validates on the
             first two training cases (monitoring only, no held-out data).
         batch_size: training batch (1 in the paper; >1 needs equal slice shapes).
@@ -144,7 +166,7 @@ class RSTNDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, cache_dir: str, split_file: str, fold: int = 0, plane: str = "Z", thickness: int = 3,
-                 slice_threshold: float = 0.98, val_cases: int = 2, batch_size: int = 1, num_workers: int = 0,
+                 slice_threshold: float = 0.98, empty_fraction: float = 0.0, val_cases: int = 2, batch_size: int = 1, num_workers: int = 0,
                  synthetic: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -169,7 +191,8 @@ class RSTNDataModule(pl.LightningDataModule):
 
     def _slices(self, split: str, foreground_only: bool) -> PlaneSlices:
         h = self.hparams
-        return PlaneSlices(h.cache_dir, self.cases[split], h.plane, h.thickness, foreground_only, h.slice_threshold)
+        return PlaneSlices(h.cache_dir, self.cases[split], h.plane, h.thickness, foreground_only, h.slice_threshold,
+                           h.empty_fraction if split == "train" else 0.0)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self._slices("train", True), batch_size=self.hparams.batch_size, shuffle=True,

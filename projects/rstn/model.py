@@ -216,16 +216,35 @@ def crop_box(mask: Tensor, margin: int | Sequence[int] = 20) -> tuple[int, int, 
             max(int(cols[0]) - before_c, 0), min(int(cols[-1]) + after_c + 1, width))
 
 
-def soft_dice_loss(prob: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
-    """Returns 1 - mean over samples of the soft Dice of [N, ...] probabilities against [N, ...] targets."""
+def soft_dice_loss(prob: Tensor, target: Tensor, eps: float = 1e-6, batch: bool = False) -> Tensor:
+    """Returns 1 - soft Dice of [N, ...] probabilities against [N, ...] targets.
+
+    Args:
+        prob: probabilities [N, ...] in [0, 1].
+        target: 0/1 targets [N, ...].
+        eps: smoothing of numerator and denominator.
+        batch: False: the mean over samples of each sample's Dice (the reference). True: one Dice over the
+            whole batch, so the probability mass of a sample with an empty target still counts as false
+            positives (a per-sample Dice on an empty target is eps / (sum p + eps): flat, no useful gradient).
+
+    Returns:
+        Scalar loss in [0, 1].
+    """
     p, g = prob.flatten(1), target.flatten(1).to(prob.dtype)
+    if batch:
+        p, g = p.reshape(1, -1), g.reshape(1, -1)
     dsc = (2 * (p * g).sum(1) + eps) / ((p + g).sum(1) + eps)
     return 1 - dsc.mean()
 
 
-def rstn_loss(p_coarse: Tensor, p_fine: Tensor, target: Tensor, coarse_weight: float = 1 / 3) -> Tensor:
-    """Returns coarse_weight * Dice loss(coarse) + (1 - coarse_weight) * Dice loss(fine); inputs [N, 3, H, W]."""
-    return coarse_weight * soft_dice_loss(p_coarse, target) + (1 - coarse_weight) * soft_dice_loss(p_fine, target)
+def rstn_loss(p_coarse: Tensor, p_fine: Tensor, target: Tensor, coarse_weight: float = 1 / 3,
+              batch: bool = False) -> Tensor:
+    """Returns coarse_weight * Dice loss(coarse) + (1 - coarse_weight) * Dice loss(fine); inputs [N, 3, H, W].
+
+    `batch` selects the batch-level Dice of `soft_dice_loss`.
+    """
+    return (coarse_weight * soft_dice_loss(p_coarse, target, batch=batch)
+            + (1 - coarse_weight) * soft_dice_loss(p_fine, target, batch=batch))
 
 
 class RSTN(nn.Module):

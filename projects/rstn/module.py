@@ -49,13 +49,15 @@ class RSTNModule(ConfiguredModule):
         vgg16_weights: optional path of a torchvision VGG16 state dict to initialise both FCN trunks.
         mode: the starting mode (the `ModeSchedule` callback sets it every epoch).
         channels_last: run the convolutions in channels-last memory format (same results, faster on CPU).
+        batch_dice: one soft Dice over the whole batch instead of the mean of per-sample Dice (needed when
+            training also sees organ-free slices, `data.empty_fraction` > 0; see `soft_dice_loss`).
     """
 
     def __init__(self, net: DictConfig | dict, optimizer: DictConfig | dict | None = None,
                  scheduler: DictConfig | dict | None = None, lr_multipliers: tuple[float, ...] = (1, 2, 10, 20),
                  margin: int = 20, margin_jitter_prob: float = 0.5, coarse_weight: float = 1 / 3,
                  vgg16_weights: str | None = None, mode: str = "S", channels_last: bool = False,
-                 **kwargs: Any) -> None:
+                 batch_dice: bool = False, **kwargs: Any) -> None:
         super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, **kwargs)
         self.net: RSTN
         if vgg16_weights:
@@ -89,8 +91,8 @@ class RSTNModule(ConfiguredModule):
         batch = self._layout(batch)
         margins = sample_margins(self.hparams.margin, self.hparams.margin_jitter_prob)
         p_coarse, p_fine = self.net.forward_train(batch.image, batch.label, self.mode, margins)
-        loss_coarse = soft_dice_loss(p_coarse, batch.label)
-        loss_fine = soft_dice_loss(p_fine, batch.label)
+        loss_coarse = soft_dice_loss(p_coarse, batch.label, batch=self.hparams.batch_dice)
+        loss_fine = soft_dice_loss(p_fine, batch.label, batch=self.hparams.batch_dice)
         w = self.hparams.coarse_weight
         loss = w * loss_coarse + (1 - w) * loss_fine
         size = batch.image.shape[0]
@@ -109,7 +111,8 @@ class RSTNModule(ConfiguredModule):
         centre = batch.image.shape[1] // 2
         for key, prob in (("coarse", p_coarse), ("fine", p_fine)):
             self.metrics[key].update(prob[:, centre] >= 0.5, batch.label[:, centre], batch.case_id, batch.slice_index)
-        self.log(f"{stage}/loss", rstn_loss(p_coarse, p_fine, batch.label, self.hparams.coarse_weight),
+        self.log(f"{stage}/loss", rstn_loss(p_coarse, p_fine, batch.label, self.hparams.coarse_weight,
+                                                 self.hparams.batch_dice),
                  batch_size=batch.image.shape[0])
         box = torch.zeros_like(p_coarse[:, centre])
         y0, y1, x0, x1 = crop_box(mask[:1], self.hparams.margin)

@@ -10,7 +10,7 @@ import pytest
 from common.errors import DataError
 from common.io.cache import VolumeCache
 from common.synthetic.layouts import write_msd_task, write_nih_pancreas
-from projects.rstn.data import PlaneSlices, RSTNDataModule, load_split, slab
+from projects.rstn.data import PlaneSlices, RSTNDataModule, load_split, organ_free_slices, slab
 from projects.rstn.prepare import (
     NIH_SPLIT,
     fold_split,
@@ -108,6 +108,40 @@ def test_plane_slices_shapes_and_slice_threshold(synthetic_cache) -> None:
         smallest_kept = min(float(s.label[1].sum()) for s in kept)
         dropped = set(all_fg.index) - set(kept.index)
         assert all(float(all_fg[all_fg.index.index(d)].label[1].sum()) <= smallest_kept for d in dropped)
+
+
+def test_organ_free_slices_need_an_empty_triplet() -> None:
+    label = np.zeros((4, 4, 10), np.uint8)
+    label[1, 1, 4] = 1
+    assert organ_free_slices(label, 2) == [0, 1, 2, 6, 7, 8, 9]
+    assert organ_free_slices(label, 2, thickness=1) == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+
+
+def test_plane_slices_empty_fraction_adds_organ_free_slices(synthetic_cache) -> None:
+    ids = VolumeCache(synthetic_cache).case_ids()[:3]
+    organ = PlaneSlices(synthetic_cache, ids, "Z", slice_threshold=1.0)
+    mixed = PlaneSlices(synthetic_cache, ids, "Z", slice_threshold=1.0, empty_fraction=0.5, seed=1)
+    added = sorted(set(mixed.index) - set(organ.index))
+    assert set(organ.index) <= set(mixed.index) and len(added) == round(0.5 * len(organ)) > 0
+    assert all(float(mixed[mixed.index.index(a)].label.sum()) == 0 for a in added)
+    again = PlaneSlices(synthetic_cache, ids, "Z", slice_threshold=1.0, empty_fraction=0.5, seed=1)
+    assert again.index == mixed.index
+    n_free = sum(len(organ_free_slices(np.asarray(VolumeCache(synthetic_cache).load(c, "label")), 2)) for c in ids)
+    capped = PlaneSlices(synthetic_cache, ids, "Z", slice_threshold=1.0, empty_fraction=100.0)
+    assert len(capped) == len(organ) + n_free
+    with pytest.raises(ValueError, match="empty_fraction"):
+        PlaneSlices(synthetic_cache, ids, "Z", empty_fraction=-0.1)
+
+
+def test_empty_fraction_changes_training_slices_only(synthetic_cache) -> None:
+    def loaders(fraction: float) -> tuple[int, int]:
+        dm = RSTNDataModule(str(synthetic_cache), str(synthetic_cache / "splits.json"), fold=0, plane="Z",
+                            empty_fraction=fraction)
+        dm.setup()
+        return len(dm.train_dataloader().dataset), len(dm.val_dataloader().dataset)
+
+    (train0, val0), (train1, val1) = loaders(0.0), loaders(1.0)
+    assert train1 > train0 and val1 == val0
 
 
 def test_datamodule_folds_and_missing_cases(synthetic_cache, tmp_path) -> None:

@@ -209,6 +209,21 @@ def test_losses() -> None:
     assert abs(rstn_loss(y, 1 - y, y).item() - 2 / 3) < 1e-5
 
 
+def test_batch_dice_pushes_down_false_positives_on_empty_targets() -> None:
+    y = torch.zeros(2, 3, 8, 8)
+    y[0, :, 2:5, 2:5] = 1  # sample 1 is organ-free
+    prob = torch.full_like(y, 0.3, requires_grad=True)
+    grads = {}
+    for batch in (False, True):
+        (grad,) = torch.autograd.grad(soft_dice_loss(prob, y, batch=batch), prob)
+        grads[batch] = grad[1]
+    # per sample: the empty sample's Dice is eps / (sum p + eps), a plateau; over the batch its
+    # probabilities are false positives, and the loss falls when they fall
+    assert grads[False].abs().max() < 1e-8 and bool((grads[True] > 1e-4).all())
+    assert torch.allclose(soft_dice_loss(prob[:1], y[:1], batch=True), soft_dice_loss(prob[:1], y[:1]))
+    assert abs(rstn_loss(y, 1 - y, y, batch=True).item() - 2 / 3) < 1e-5
+
+
 def test_load_vgg16_maps_torchvision_names() -> None:
     net = FCN8s(width=1 / 16)
     sd = {}

@@ -39,6 +39,7 @@ def test_every_experiment_composes(config: str, experiment: str, tmp_path) -> No
     if experiment != "demo":
         assert cfg.model.net.width == 1.0 and cfg.trainer.max_epochs == 16
         assert cfg.model.optimizer.momentum == 0.99 and list(cfg.model.lr_multipliers) == [1, 2, 10, 20]
+        assert cfg.data.empty_fraction == 0.0 and not cfg.model.batch_dice  # the paper: organ slices only
     else:  # the rates that train both stages from scratch (README: Adam 3e-4 collapses, the fine stage lags)
         assert cfg.model.optimizer.lr <= 1e-4 and cfg.callbacks.rstn_modes.j_lr_decay == 1.0
         assert cfg.model.lr_multipliers[2] == 10 * cfg.model.lr_multipliers[0] and cfg.trainer.max_steps > 0
