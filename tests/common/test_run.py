@@ -120,3 +120,9 @@ def test_missing_checkpoint_is_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert "/nonexistent/x.ckpt: checkpoint file not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_last_checkpoint_is_written_every_epoch_when_validation_is_sparse(tmp_path, toy_on_path):
+    train(_compose(tmp_path, "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2", "test_after_fit=false"))
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (2, 12)  # epoch 3 had no validation, yet last.ckpt has it
