@@ -237,14 +237,32 @@ def soft_dice_loss(prob: Tensor, target: Tensor, eps: float = 1e-6, batch: bool 
     return 1 - dsc.mean()
 
 
+def stage_losses(p_coarse: Tensor, p_fine: Tensor, target: Tensor, batch: bool = False) -> tuple[Tensor, Tensor]:
+    """Returns the (coarse, fine) soft Dice losses of probabilities [N, C, H, W] against 0/1 targets.
+
+    Args:
+        p_coarse, p_fine: probabilities [N, C, H, W].
+        target: 0/1 targets [N, C, H, W].
+        batch: False: both losses are the reference's per-sample Dice. True (training on organ-free slices
+            too): the coarse loss is one Dice over the whole batch, and the fine loss the per-sample Dice of
+            the samples holding organ only (0 if none), because the fine stage of an organ-free slice sees
+            the whole image in modes S and I, where pushing its probabilities down made it output 0 everywhere.
+    """
+    if not batch:
+        return soft_dice_loss(p_coarse, target), soft_dice_loss(p_fine, target)
+    organ = target.flatten(1).any(dim=1)
+    fine = soft_dice_loss(p_fine[organ], target[organ]) if bool(organ.any()) else p_fine.sum() * 0.0
+    return soft_dice_loss(p_coarse, target, batch=True), fine
+
+
 def rstn_loss(p_coarse: Tensor, p_fine: Tensor, target: Tensor, coarse_weight: float = 1 / 3,
               batch: bool = False) -> Tensor:
     """Returns coarse_weight * Dice loss(coarse) + (1 - coarse_weight) * Dice loss(fine); inputs [N, 3, H, W].
 
-    `batch` selects the batch-level Dice of `soft_dice_loss`.
+    `batch` selects the losses for batches with organ-free slices (see `stage_losses`).
     """
-    return (coarse_weight * soft_dice_loss(p_coarse, target, batch=batch)
-            + (1 - coarse_weight) * soft_dice_loss(p_fine, target, batch=batch))
+    loss_coarse, loss_fine = stage_losses(p_coarse, p_fine, target, batch)
+    return coarse_weight * loss_coarse + (1 - coarse_weight) * loss_fine
 
 
 class RSTN(nn.Module):

@@ -16,7 +16,7 @@ from common.errors import DataError
 from common.metrics import SegmentationVolumeMetric
 from common.module import ConfiguredModule
 from projects.rstn.data import SliceSample
-from projects.rstn.model import RSTN, crop_box, rstn_loss, sample_margins, soft_dice_loss
+from projects.rstn.model import RSTN, crop_box, rstn_loss, sample_margins, stage_losses
 
 MODES = ("S", "I", "J")
 log = logging.getLogger(__name__)
@@ -49,8 +49,9 @@ class RSTNModule(ConfiguredModule):
         vgg16_weights: optional path of a torchvision VGG16 state dict to initialise both FCN trunks.
         mode: the starting mode (the `ModeSchedule` callback sets it every epoch).
         channels_last: run the convolutions in channels-last memory format (same results, faster on CPU).
-        batch_dice: one soft Dice over the whole batch instead of the mean of per-sample Dice (needed when
-            training also sees organ-free slices, `data.empty_fraction` > 0; see `soft_dice_loss`).
+        batch_dice: the coarse loss is one soft Dice over the whole batch, the fine loss the per-sample Dice
+            of the samples holding organ (for training on organ-free slices too, `data.empty_fraction` > 0;
+            see `stage_losses`).
     """
 
     def __init__(self, net: DictConfig | dict, optimizer: DictConfig | dict | None = None,
@@ -91,8 +92,7 @@ class RSTNModule(ConfiguredModule):
         batch = self._layout(batch)
         margins = sample_margins(self.hparams.margin, self.hparams.margin_jitter_prob)
         p_coarse, p_fine = self.net.forward_train(batch.image, batch.label, self.mode, margins)
-        loss_coarse = soft_dice_loss(p_coarse, batch.label, batch=self.hparams.batch_dice)
-        loss_fine = soft_dice_loss(p_fine, batch.label, batch=self.hparams.batch_dice)
+        loss_coarse, loss_fine = stage_losses(p_coarse, p_fine, batch.label, self.hparams.batch_dice)
         w = self.hparams.coarse_weight
         loss = w * loss_coarse + (1 - w) * loss_fine
         size = batch.image.shape[0]

@@ -16,6 +16,7 @@ from projects.rstn.model import (
     rstn_loss,
     sample_margins,
     soft_dice_loss,
+    stage_losses,
 )
 
 
@@ -222,6 +223,22 @@ def test_batch_dice_pushes_down_false_positives_on_empty_targets() -> None:
     assert grads[False].abs().max() < 1e-8 and bool((grads[True] > 1e-4).all())
     assert torch.allclose(soft_dice_loss(prob[:1], y[:1], batch=True), soft_dice_loss(prob[:1], y[:1]))
     assert abs(rstn_loss(y, 1 - y, y, batch=True).item() - 2 / 3) < 1e-5
+
+
+def test_stage_losses_train_the_fine_stage_on_organ_samples_only() -> None:
+    y = torch.zeros(2, 3, 8, 8)
+    y[0, :, 2:5, 2:5] = 1
+    p_coarse = torch.full_like(y, 0.3, requires_grad=True)
+    p_fine = torch.full_like(y, 0.3, requires_grad=True)
+    coarse, fine = stage_losses(p_coarse, p_fine, y, batch=True)
+    assert torch.allclose(coarse, soft_dice_loss(p_coarse, y, batch=True))
+    assert torch.allclose(fine, soft_dice_loss(p_fine[:1], y[:1]))
+    (grad,) = torch.autograd.grad(fine, p_fine)
+    assert grad[1].abs().max() == 0 and grad[0].abs().max() > 0
+    coarse, fine = stage_losses(p_coarse, p_fine, torch.zeros_like(y), batch=True)
+    assert fine.item() == 0 and fine.requires_grad and coarse.item() > 0.99
+    reference = stage_losses(p_coarse, p_fine, y)
+    assert torch.allclose(reference[1], soft_dice_loss(p_fine, y))
 
 
 def test_load_vgg16_maps_torchvision_names() -> None:
