@@ -315,6 +315,16 @@ class RSTN(nn.Module):
                for n, (y0, y1, x0, x1) in enumerate(boxes)]
         return torch.sigmoid(torch.stack(out))
 
+    def _fine_boxed(self, weighted: Tensor, mask: Tensor, margins: Margins) -> Tensor:
+        """Returns `_fine` of the samples whose `mask` is not empty, and exactly 0 for the others (no box)."""
+        kept = mask.flatten(1).any(dim=1)
+        if bool(kept.all()):
+            return self._fine(weighted, mask, margins)
+        out = torch.zeros_like(weighted)
+        if bool(kept.any()):
+            out[kept] = self._fine(weighted[kept], mask[kept], margins)
+        return out
+
     def forward_train(self, x: Tensor, y: Tensor, mode: Mode, margins: int | Sequence[int] = 20
                       ) -> tuple[Tensor, Tensor]:
         """Returns (coarse, fine) probabilities [N, C, H, W] of one training step.
@@ -324,7 +334,8 @@ class RSTN(nn.Module):
             y: labels [N, C, H, W] (0/1).
             mode: "S" (box from y, raw image to the fine net), "I" (box from y, saliency-weighted image) or
                 "J" (box from the coarse mask >= 0.5, from y for a sample whose coarse mask is empty;
-                saliency-weighted image). Each sample is cropped to its own box.
+                saliency-weighted image). Each sample is cropped to its own box; a sample without any box
+                (an organ-free slice with an empty coarse mask) gets fine probabilities 0, as in testing.
             margins: crop margins (see `crop_box`).
         """
         if mode not in ("S", "I", "J"):
@@ -332,14 +343,14 @@ class RSTN(nn.Module):
         p_coarse = self.forward_coarse(x)
         label_mask = y >= 0.5
         if mode == "S":
-            return p_coarse, self._fine(x, label_mask, as_margins(margins))
+            return p_coarse, self._fine_boxed(x, label_mask, as_margins(margins))
         weighted = x * self.saliency(p_coarse)
         mask = label_mask
         if mode == "J":
             coarse_mask = p_coarse.detach() >= 0.5
             found = coarse_mask.flatten(1).any(dim=1).view(-1, 1, 1, 1)
             mask = torch.where(found, coarse_mask, label_mask)
-        return p_coarse, self._fine(weighted, mask, as_margins(margins))
+        return p_coarse, self._fine_boxed(weighted, mask, as_margins(margins))
 
     def forward_fine(self, x: Tensor, score: Tensor, mask: Tensor, margin: int | Sequence[int] = 20) -> Tensor:
         """Returns fine probabilities [N, C, H, W], each sample cropped to its own box; 0 where `mask` is empty.
@@ -355,13 +366,9 @@ class RSTN(nn.Module):
         (nothing differs when all boxes have the same size).
         """
         kept = mask.flatten(1).any(dim=1)
-        out = torch.zeros_like(x)
         if not bool(kept.any()):
-            return out
-        if bool(kept.all()):
-            return self._fine(x * self.saliency(score), mask, as_margins(margin))
-        out[kept] = self._fine(x[kept] * self.saliency(score[kept]), mask[kept], as_margins(margin))
-        return out
+            return torch.zeros_like(x)
+        return self._fine_boxed(x * self.saliency(score), mask, as_margins(margin))
 
     def forward_oracle(self, x: Tensor, y: Tensor, margin: int = 20) -> Tensor:
         """Returns fine probabilities with the saliency of the coarse output and the box of the labels `y`."""

@@ -210,6 +210,19 @@ def test_losses() -> None:
     assert abs(rstn_loss(y, 1 - y, y).item() - 2 / 3) < 1e-5
 
 
+@pytest.mark.parametrize("mode", ["S", "I"])
+def test_organ_free_training_sample_gets_no_fine_box(small: RSTN, mode: str) -> None:
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 24, 24)
+    y = torch.zeros_like(x)
+    y[0, :, 8:12, 9:13] = 1  # sample 1 is organ-free: no label box in modes S and I
+    with torch.no_grad():
+        _, p_fine = small.forward_train(x, y, mode, 4)
+        _, alone = small.forward_train(x[:1], y[:1], mode, 4)
+    assert p_fine[1].abs().max() == 0 and p_fine[0].max() > 0
+    assert torch.allclose(p_fine[:1], alone, atol=1e-6)
+
+
 def test_batch_dice_pushes_down_false_positives_on_empty_targets() -> None:
     y = torch.zeros(2, 3, 8, 8)
     y[0, :, 2:5, 2:5] = 1  # sample 1 is organ-free
