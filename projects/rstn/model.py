@@ -237,22 +237,28 @@ def soft_dice_loss(prob: Tensor, target: Tensor, eps: float = 1e-6, batch: bool 
     return 1 - dsc.mean()
 
 
-def stage_losses(p_coarse: Tensor, p_fine: Tensor, target: Tensor, batch: bool = False) -> tuple[Tensor, Tensor]:
-    """Returns the (coarse, fine) soft Dice losses of probabilities [N, C, H, W] against 0/1 targets.
+def stage_losses(p_coarse: Tensor, p_fine: Tensor, target: Tensor, batch: bool = False,
+                 bce_weight: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Returns the (coarse, fine) losses of probabilities [N, C, H, W] against 0/1 targets [N, C, H, W].
 
     Args:
         p_coarse, p_fine: probabilities [N, C, H, W].
         target: 0/1 targets [N, C, H, W].
-        batch: False: both losses are the reference's per-sample Dice. True (training on organ-free slices
+        batch: False: both losses are the reference's per-sample soft Dice. True (training on organ-free slices
             too): the coarse loss is one Dice over the whole batch, and the fine loss the per-sample Dice of
-            the samples holding organ only (0 if none), because the fine stage of an organ-free slice sees
-            the whole image in modes S and I, where pushing its probabilities down made it output 0 everywhere.
+            the samples holding organ only (0 if none): the fine stage only ever runs inside a box.
+        bce_weight: weight of a pixel-wise binary cross-entropy added to the coarse loss (0: none).
     """
     if not batch:
-        return soft_dice_loss(p_coarse, target), soft_dice_loss(p_fine, target)
-    organ = target.flatten(1).any(dim=1)
-    fine = soft_dice_loss(p_fine[organ], target[organ]) if bool(organ.any()) else p_fine.sum() * 0.0
-    return soft_dice_loss(p_coarse, target, batch=True), fine
+        coarse, fine = soft_dice_loss(p_coarse, target), soft_dice_loss(p_fine, target)
+    else:
+        organ = target.flatten(1).any(dim=1)
+        fine = soft_dice_loss(p_fine[organ], target[organ]) if bool(organ.any()) else p_fine.sum() * 0.0
+        coarse = soft_dice_loss(p_coarse, target, batch=True)
+    if bce_weight:
+        p, g = p_coarse.float().clamp(1e-6, 1 - 1e-6), target.float()
+        coarse = coarse - bce_weight * (g * p.log() + (1 - g) * (1 - p).log()).mean()
+    return coarse, fine
 
 
 def rstn_loss(p_coarse: Tensor, p_fine: Tensor, target: Tensor, coarse_weight: float = 1 / 3,
