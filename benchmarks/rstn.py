@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import RESULTS_DIR, measure, print_table, write_results
+from benchmarks.harness import measure, previous_rows, print_table, write_results
 from projects.rstn.inference import coarse_to_fine, predict_plane
 from projects.rstn.model import RSTN, rstn_loss
 
@@ -113,12 +113,13 @@ def quality_rows(out: Path, steps: int, planes: str, overrides: list[str], reuse
     return rows
 
 
+_SPEED_ROWS = ("train step", "coarse plane")
+
+
 def previous_speed_rows() -> list[dict]:
     """Returns the paper-width speed rows of the current results file (kept by a quality-only run)."""
-    path = RESULTS_DIR / "rstn.json"
-    previous = json.loads(path.read_text())["rows"] if path.exists() else []
-    return [{k: v for k, v in r.items() if v is not None} for r in previous
-            if r["row"].startswith(("train step", "coarse plane"))]
+    rows = previous_rows("rstn", lambda row: row["row"].startswith(_SPEED_ROWS))
+    return [{k: v for k, v in r.items() if v is not None} for r in rows]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--planes", default="Z", help="planes of the quality rows (XYZ adds the fusion)")
     parser.add_argument("--set", action="append", default=[], help="Hydra override of the quality run's config")
     parser.add_argument("--from-run", default=None, help="record the quality rows of this finished demo run")
-    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--skip-quality", action="store_true", help="keep the quality rows of the last results file")
     parser.add_argument("--skip-speed", action="store_true",
                         help="keep the paper-width speed rows of the last results file")
     args = parser.parse_args(argv)
@@ -148,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         rows += quality_rows(out, args.steps, args.planes, args.set, reuse=args.from_run is not None)
     if args.skip_speed:  # read at the end: the speed rows may have been rewritten while this ran
         rows = previous_speed_rows() + rows
+    if args.skip_quality:
+        rows += [{k: v for k, v in r.items() if v is not None}
+                 for r in previous_rows("rstn", lambda row: not row["row"].startswith(_SPEED_ROWS))]
     keys = list(dict.fromkeys(k for row in rows for k in row))
     rows = [{k: row.get(k) for k in keys} for row in rows]
     load = os.getloadavg()

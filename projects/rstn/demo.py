@@ -9,7 +9,6 @@ on the training cases, predicts one held-out volume to NIfTI, and writes `<out>/
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from common.io.atomic import save_json
 from common.io.cache import VolumeCache
 from common.io.nifti import save_nifti
 from common.run import CONF_ROOT
+from common.runtime import set_threads
 from projects.rstn.baseline import tune_window_rule
 from projects.rstn.data import load_split
 from projects.rstn.eval import evaluate_rstn, load_plane_model
@@ -37,12 +37,6 @@ def _compose(config: str, overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_ROOT / "rstn"), version_base="1.3"):
         return compose(config, overrides=overrides)
-
-
-def _threads() -> int:
-    """One thread when other processes already load the cores (tiny convolutions then stall on two)."""
-    cores = os.cpu_count() or 1
-    return 1 if os.getloadavg()[0] > cores else cores
 
 
 def _steps(run_dir: Path, planes: str) -> dict[str, int]:
@@ -74,7 +68,7 @@ def run(out: Path, n_cases: int = 16, shape: tuple[int, int, int] = (64, 64, 32)
         overrides: extra Hydra overrides of the training config.
         threads: torch threads (None: 1 on a loaded machine, else every core).
     """
-    torch.set_num_threads(threads or _threads())
+    set_threads(threads or "auto")
     cache_dir = out / "cache"
     prepare_synthetic(cache_dir, n_cases, shape, seed=0)
     common = [f"paths.output_dir={out / 'run'}", f"data.cache_dir={cache_dir}", "data.synthetic=null",
