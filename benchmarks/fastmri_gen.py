@@ -29,7 +29,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from benchmarks.harness import RESULTS_DIR, measure, print_table, write_results
+from benchmarks.harness import RESULTS_DIR, measure, previous_rows, print_table, write_results
 from common.run import CONF_ROOT, train
 from common.synthetic import knee_images, single_coil_kspace
 from projects.fastmri_gen.data import DataFidelity, SliceTransform, collate
@@ -181,10 +181,15 @@ def quality_rows(root: Path, epochs: int, models: list[str] | None = None) -> li
     return rows
 
 
-def previous_results() -> dict:
-    """Return the results file as it stands (empty when there is none)."""
+def previous_metadata() -> dict:
+    """Return the run metadata of the results file as it stands (without its rows; empty when there is none)."""
     path = RESULTS_DIR / "fastmri_gen.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    before = json.loads(path.read_text()) if path.is_file() else {}
+    return {k: v for k, v in before.items() if k not in ("name", "machine", "when", "rows", "speed", "quality")}
+
+
+def is_speed_row(row: dict) -> bool:
+    return "measure" in row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,19 +218,18 @@ def main(argv: list[str] | None = None) -> int:
         measured.update(quality_epochs=args.epochs, quality_threads=1, quality_load_average_at_start=list(load))
         print_table(quality, "quality on held-out synthetic volumes (official fastMRI metrics)")
     # read the file only now: what is not measured by this run is kept as it stands at the end of the run
-    before = previous_results()
-    extra = {k: v for k, v in before.items() if k not in ("name", "machine", "when", "rows")}
-    extra.update(measured)
+    extra = {**previous_metadata(), **measured}
     if args.skip_speed:
-        speed = list(before.get("speed", []))
+        speed = previous_rows("fastmri_gen", is_speed_row)
     if args.skip_quality:
-        quality = list(before.get("quality", []))
+        quality = previous_rows("fastmri_gen", lambda row: not is_speed_row(row))
     elif args.models:  # a partial run replaces only its own rows
         labels = {r["model"] for r in quality}
-        quality = [r for r in before.get("quality", []) if r["model"] not in labels] + quality
+        quality = [r for r in previous_rows("fastmri_gen", lambda row: not is_speed_row(row))
+                   if r["model"] not in labels] + quality
     if speed:
         print_table(speed, "speed")
-    extra.update(speed=speed, quality=quality, numpy=np.__version__)
+    extra.update(numpy=np.__version__)
     path = write_results("fastmri_gen", speed + quality, **extra)
     print(f"written {path}")
     return 0
