@@ -57,20 +57,6 @@ def gan_step(gen, disc, opt_g, opt_d, lr, hr, adversarial_weight: float, precisi
     opt_d.step()
 
 
-def timed(fn, repeat: int, warmup: int = 1, flops: bool = True) -> dict[str, float]:
-    """Returns `measure(fn)` plus `cpu_s`, the process CPU seconds per call (less sensitive to other load)."""
-    cpu = []
-
-    def wrapped() -> None:
-        start = time.process_time()
-        fn()
-        cpu.append(time.process_time() - start)
-
-    stats = measure(wrapped, repeat=repeat, warmup=warmup, flops=flops)
-    stats["cpu_s"] = sorted(cpu[-repeat:])[repeat // 2]
-    return stats
-
-
 def train_step_rows(repeat: int) -> list[dict]:
     """Times the G+D step at the reference size for both discriminators and both precisions."""
     lr = torch.rand(2, 1, 128, 64, 128) * 255
@@ -81,8 +67,8 @@ def train_step_rows(repeat: int) -> list[dict]:
             gen, disc = EasySRGenerator().train(), PatchDiscriminator3D(head=head).train()
             opt_g = torch.optim.Adam(gen.parameters(), lr=2e-4, betas=(0.5, 0.999))
             opt_d = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
-            stats = timed(lambda g=gen, d=disc, og=opt_g, od=opt_d, w=weight, p=precision:
-                          gan_step(g, d, og, od, lr, hr, w, p), repeat=repeat)
+            stats = measure(lambda g=gen, d=disc, og=opt_g, od=opt_d, w=weight, p=precision:
+                            gan_step(g, d, og, od, lr, hr, w, p), repeat=repeat, flops=True)
             rows.append({"row": "train step G+D", "input": "[2,1,128,64,128]", "config": f"D={head}, adv={weight}",
                          "precision": precision, "seconds": stats["median_s"], "cpu_s": stats["cpu_s"],
                          "gflops_per_s": stats["gflops_per_s"], "peak_rss_mb": stats["peak_rss_mb"], "target_s": 11.7, "reference_s": 23.4})
@@ -99,8 +85,8 @@ def inference_rows(repeat: int) -> list[dict]:
     for shape, patch, precision in cases:
         lr = torch.rand(*shape) * 255
         reps = repeat if shape[0] == 128 else 1
-        stats = timed(lambda x=lr, p=patch, pr=precision: upsample_normalised(gen, x, p, 0.25, precision=pr),
-                      repeat=reps, warmup=1 if shape[0] == 128 else 0, flops=shape[0] == 128)
+        stats = measure(lambda x=lr, p=patch, pr=precision: upsample_normalised(gen, x, p, 0.25, precision=pr),
+                        repeat=reps, warmup=1 if shape[0] == 128 else 0, flops=shape[0] == 128)
         rows.append({"row": "inference G", "input": f"[1,1,{','.join(map(str, shape))}]",
                      "config": "whole volume" if patch is None else f"window {list(patch)}, overlap 0.25",
                      "precision": precision, "seconds": stats["median_s"], "cpu_s": stats["cpu_s"],

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from contextlib import nullcontext
@@ -57,19 +56,6 @@ def full_size_batch(slices: int, fidelity: str) -> object:
 def build_module(model: str, fidelity: str):
     cfg = compose_cfg("train", [f"model={model}", f"fidelity={fidelity}", "paths.output_dir=/tmp/unused"])
     return instantiate(cfg.model, _recursive_=False)
-
-
-def timed(fn):
-    """Return `(wrapped fn, list of process CPU seconds per call)`: CPU time is what a dedicated machine would
-    need with the same thread count, whatever else the shared machine runs."""
-    cpu: list[float] = []
-
-    def wrapped() -> None:
-        start = time.process_time()
-        fn()
-        cpu.append(time.process_time() - start)
-
-    return wrapped, cpu
 
 
 def step_fn(module, batch, bf16: bool):
@@ -115,23 +101,21 @@ def speed_rows(repeat: int, warmup: int = 1) -> list[dict]:
     for model, fidelity, precisions in cases:
         module = build_module(model, fidelity)
         for bf16 in precisions:
-            fn, cpu = timed(step_fn(module, batches[fidelity], bf16))
-            timing = measure(fn, repeat=repeat, warmup=warmup)
+            timing = measure(step_fn(module, batches[fidelity], bf16), repeat=repeat, warmup=warmup)
             target = 14.6 if model == "generative" else 7.2
             rows.append({"measure": f"{model} train step [8,1,320,320] L1+GAN", "mode": fidelity,
                          "precision": "bf16" if bf16 else "fp32", "seconds": timing["median_s"],
-                         "cpu_s": statistics.median(cpu[warmup:]), "target_s": target, "peak_rss_mb": timing["peak_rss_mb"]})
+                         "cpu_s": timing["cpu_s"], "target_s": target, "peak_rss_mb": timing["peak_rss_mb"]})
             print(rows[-1], flush=True)
     volume = full_size_batch(35, "fixed")
     for fidelity, precisions in (("reference", (False,)), ("fixed", (False, True))):
         module = build_module("baseline", fidelity)
         data = volume if fidelity == "fixed" else full_size_batch(35, "reference")
         for bf16 in precisions:
-            fn, cpu = timed(volume_fn(module, data, bf16))
-            timing = measure(fn, repeat=repeat, warmup=warmup)
+            timing = measure(volume_fn(module, data, bf16), repeat=repeat, warmup=warmup)
             rows.append({"measure": "baseline inference, 35 slices 320x320", "mode": fidelity,
                          "precision": "bf16" if bf16 else "fp32", "seconds": timing["median_s"],
-                         "cpu_s": statistics.median(cpu[warmup:]), "target_s": 3.5,
+                         "cpu_s": timing["cpu_s"], "target_s": 3.5,
                          "peak_rss_mb": timing["peak_rss_mb"]})
             print(rows[-1], flush=True)
     return rows

@@ -84,7 +84,9 @@ def _peak_mb() -> float:
 
 
 def measure(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1, flops: bool = False) -> dict[str, float]:
-    """Times `fn()`: median / min wall time (s) over `repeat` runs after `warmup` untimed runs, and peak RSS (MiB).
+    """Times `fn()`: median / min wall time (s) over `repeat` runs after `warmup` untimed runs, the median process
+    CPU seconds per run (`cpu_s`: what a dedicated machine with the same threads would need, whatever else a shared
+    machine runs) and peak RSS (MiB).
 
     Args:
         fn: the call to time.
@@ -105,12 +107,14 @@ def measure(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1, flops: bool
     for _ in range(warmup):
         fn()
     _reset_peak()
-    times = []
+    times, cpu = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - start)
-    out.update(median_s=statistics.median(times), min_s=min(times), peak_rss_mb=_peak_mb(), repeat=repeat)
+        cpu.append(time.process_time() - start_cpu)
+    out.update(median_s=statistics.median(times), min_s=min(times), cpu_s=statistics.median(cpu),
+               peak_rss_mb=_peak_mb(), repeat=repeat)
     if flops:
         out["gflops_per_s"] = out["gflop"] / out["median_s"]
     return out

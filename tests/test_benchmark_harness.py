@@ -19,7 +19,7 @@ def test_measure_counts_the_flops_of_one_call() -> None:
     stats = harness.measure(fn, repeat=3, warmup=1, flops=True)
     assert stats["gflop"] == pytest.approx(2 * 64 * 32 * 16 / 1e9)
     assert stats["gflops_per_s"] == pytest.approx(stats["gflop"] / stats["median_s"])
-    assert len(calls) == 4 and stats["min_s"] <= stats["median_s"]
+    assert len(calls) == 4 and stats["min_s"] <= stats["median_s"] and stats["cpu_s"] >= 0.0
 
 
 def test_previous_rows_keeps_the_selected_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
