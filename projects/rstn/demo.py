@@ -1,6 +1,6 @@
 """`python -m projects.rstn.demo --out outputs/demo/rstn`: RSTN on synthetic CT-like abdomens, minutes on a CPU.
 
-Builds 16 synthetic cases (`common.synthetic.ct_abdomen`, 64 x 64 x 32, a small pancreas-like organ), trains
+Builds 16 synthetic cases (`common.synthetic.ct_abdomen`, 128 x 128 x 32, a small pancreas-like organ), trains
 `experiment=demo` (FCNs at 1/16 width) on the training cases of fold 0, runs the test chain (coarse,
 fusion, oracle, coarse-to-fine) on the 4 held-out cases, compares with a classical intensity-window rule tuned
 on the training cases, predicts one held-out volume to NIfTI, and writes `<out>/result.json`.
@@ -54,7 +54,7 @@ def _baseline(cache: VolumeCache, train: list[str], test: list[str]) -> tuple[li
     return scores, train_dsc
 
 
-def run(out: Path, n_cases: int = 16, shape: tuple[int, int, int] = (64, 64, 32), planes: str = "Z",
+def run(out: Path, n_cases: int = 16, shape: tuple[int, int, int] = (128, 128, 32), planes: str = "Z",
         steps: int | None = None, max_minutes: float | None = None, overrides: Sequence[str] = (),
         threads: int | None = None) -> dict:
     """Runs the demo in `out`; returns the result written to `out/result.json`.
@@ -119,9 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="training steps per plane (default: the config's)")
     parser.add_argument("--minutes", type=float, default=None, help="optional cap of the training time, all planes")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                        help="synthetic volume shape (default: the demo's)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the demo experiment")
     args = parser.parse_args(argv)
-    result = run(Path(args.out), planes=args.planes, steps=args.steps, max_minutes=args.minutes,
+    shape = {"shape": tuple(args.shape)} if args.shape else {}
+    result = run(Path(args.out), planes=args.planes, **shape, steps=args.steps, max_minutes=args.minutes,
                  overrides=args.overrides, threads=args.threads)
     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()})
     return 0

@@ -238,7 +238,7 @@ def soft_dice_loss(prob: Tensor, target: Tensor, eps: float = 1e-6, batch: bool 
 
 
 def stage_losses(p_coarse: Tensor, p_fine: Tensor, target: Tensor, batch: bool = False,
-                 bce_weight: float = 0.0) -> tuple[Tensor, Tensor]:
+                 bce_weight: float = 0.0, fine_batch: bool = False) -> tuple[Tensor, Tensor]:
     """Returns the (coarse, fine) losses of probabilities [N, C, H, W] against 0/1 targets [N, C, H, W].
 
     Args:
@@ -247,18 +247,29 @@ def stage_losses(p_coarse: Tensor, p_fine: Tensor, target: Tensor, batch: bool =
         batch: False: both losses are the reference's per-sample soft Dice. True (training on organ-free slices
             too): the coarse loss is one Dice over the whole batch, and the fine loss the per-sample Dice of
             the samples holding organ only (0 if none): the fine stage only ever runs inside a box.
-        bce_weight: weight of a pixel-wise binary cross-entropy added to the coarse loss (0: none).
+        bce_weight: weight of a pixel-wise binary cross-entropy added to both losses (0: none).
+        fine_batch: with `batch`, the fine loss is one Dice over the whole batch too, so the fine probabilities
+            inside a coarse false-positive box of an organ-free slice (mode J) count as false positives.
     """
     if not batch:
         coarse, fine = soft_dice_loss(p_coarse, target), soft_dice_loss(p_fine, target)
     else:
         organ = target.flatten(1).any(dim=1)
-        fine = soft_dice_loss(p_fine[organ], target[organ]) if bool(organ.any()) else p_fine.sum() * 0.0
+        if fine_batch:
+            fine = soft_dice_loss(p_fine, target, batch=True)
+        else:
+            fine = soft_dice_loss(p_fine[organ], target[organ]) if bool(organ.any()) else p_fine.sum() * 0.0
         coarse = soft_dice_loss(p_coarse, target, batch=True)
     if bce_weight:
-        p, g = p_coarse.float().clamp(1e-6, 1 - 1e-6), target.float()
-        coarse = coarse - bce_weight * (g * p.log() + (1 - g) * (1 - p).log()).mean()
+        coarse = coarse + bce_weight * _bce(p_coarse, target)
+        fine = fine + bce_weight * _bce(p_fine, target)
     return coarse, fine
+
+
+def _bce(prob: Tensor, target: Tensor) -> Tensor:
+    """Returns the mean binary cross-entropy of probabilities (clamped to [1e-6, 1 - 1e-6]) against 0/1 targets."""
+    p, g = prob.float().clamp(1e-6, 1 - 1e-6), target.float()
+    return -(g * p.log() + (1 - g) * (1 - p).log()).mean()
 
 
 def rstn_loss(p_coarse: Tensor, p_fine: Tensor, target: Tensor, coarse_weight: float = 1 / 3,

@@ -59,7 +59,8 @@ class RSTNModule(ConfiguredModule):
                  scheduler: DictConfig | dict | None = None, lr_multipliers: tuple[float, ...] = (1, 2, 10, 20),
                  margin: int = 20, margin_jitter_prob: float = 0.5, coarse_weight: float = 1 / 3,
                  vgg16_weights: str | None = None, mode: str = "S", channels_last: bool = False,
-                 batch_dice: bool = False, bce_weight: float = 0.0, **kwargs: Any) -> None:
+                 batch_dice: bool = False, bce_weight: float = 0.0, fine_batch_dice: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, **kwargs)
         self.net: RSTN
         if vgg16_weights:
@@ -94,7 +95,7 @@ class RSTNModule(ConfiguredModule):
         margins = sample_margins(self.hparams.margin, self.hparams.margin_jitter_prob)
         p_coarse, p_fine = self.net.forward_train(batch.image, batch.label, self.mode, margins)
         loss_coarse, loss_fine = stage_losses(p_coarse, p_fine, batch.label, self.hparams.batch_dice,
-                                             self.hparams.bce_weight)
+                                             self.hparams.bce_weight, self.hparams.fine_batch_dice)
         w = self.hparams.coarse_weight
         loss = w * loss_coarse + (1 - w) * loss_fine
         size = batch.image.shape[0]

@@ -252,18 +252,23 @@ def test_stage_losses_train_the_fine_stage_on_organ_samples_only() -> None:
     assert fine.item() == 0 and fine.requires_grad and coarse.item() > 0.99
     reference = stage_losses(p_coarse, p_fine, y)
     assert torch.allclose(reference[1], soft_dice_loss(p_fine, y))
+    _, fine = stage_losses(p_coarse, p_fine, y, batch=True, fine_batch=True)
+    assert torch.allclose(fine, soft_dice_loss(p_fine, y, batch=True))
+    (grad,) = torch.autograd.grad(fine, p_fine)
+    assert bool((grad[1] > 0).all())  # fine probabilities in an organ-free sample's box are pushed down
 
 
-def test_bce_term_of_the_coarse_loss() -> None:
+def test_bce_term_of_both_losses() -> None:
     y = torch.zeros(2, 3, 8, 8)
     y[0, :, 2:5, 2:5] = 1
     p = torch.full_like(y, 0.3, requires_grad=True)
-    plain, _ = stage_losses(p, p, y)
-    with_bce, _ = stage_losses(p, p, y, bce_weight=0.1)
+    plain = stage_losses(p, p, y)
+    with_bce = stage_losses(p, p, y, bce_weight=0.1)
     bce = -(y * torch.log(torch.tensor(0.3)) + (1 - y) * torch.log(torch.tensor(0.7))).mean()
-    assert torch.allclose(with_bce - plain, 0.1 * bce, atol=1e-6)
-    (grad,) = torch.autograd.grad(with_bce, p)
-    assert bool((grad[1] > 0).all())  # the organ-free sample's probabilities are pushed down
+    for stage in (0, 1):
+        assert torch.allclose(with_bce[stage] - plain[stage], 0.1 * bce, atol=1e-6)
+        (grad,) = torch.autograd.grad(with_bce[stage], p, retain_graph=True)
+        assert bool((grad[1] > 0).all())  # the organ-free sample's probabilities are pushed down
 
 
 def test_load_vgg16_maps_torchvision_names() -> None:

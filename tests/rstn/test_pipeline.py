@@ -40,9 +40,11 @@ def test_every_experiment_composes(config: str, experiment: str, tmp_path) -> No
         assert cfg.model.net.width == 1.0 and cfg.trainer.max_epochs == 16
         assert cfg.model.optimizer.momentum == 0.99 and list(cfg.model.lr_multipliers) == [1, 2, 10, 20]
         assert cfg.data.empty_fraction == 0.0 and not cfg.model.batch_dice  # the paper: organ slices only
-    else:  # the rates that train both stages from scratch (README: Adam 3e-4 collapses, the fine stage lags)
+        assert not cfg.model.fine_batch_dice and cfg.model.bce_weight == 0.0  # the paper: soft Dice only
+    else:  # the recipe that trains both stages from scratch (README: Adam 3e-4 collapses, x10 blows up)
         assert cfg.model.optimizer.lr <= 1e-4 and cfg.callbacks.rstn_modes.j_lr_decay == 1.0
-        assert cfg.model.lr_multipliers[2] == 10 * cfg.model.lr_multipliers[0] and cfg.trainer.max_steps > 0
+        assert 1 < cfg.model.lr_multipliers[2] / cfg.model.lr_multipliers[0] < 10 and cfg.trainer.max_steps > 0
+        assert cfg.data.empty_fraction > 0 and cfg.model.batch_dice and cfg.model.bce_weight > 0
     if config == "eval":
         assert cfg.eval.max_rounds == 10 and cfg.eval.stop_inter_dsc == 0.99
         assert str(cfg.checkpoints.Z).endswith(f"{experiment}_fd2/Z/checkpoints/last.ckpt")
@@ -110,8 +112,8 @@ def _run_fdr(experiment: str, cache, tmp_path, extra: list[str]) -> dict:
 
 def test_demo_experiment_fast_dev_run_every_plane(synthetic_cache, tmp_path) -> None:
     results = _run_fdr("demo", synthetic_cache, tmp_path, ["plane=A"])
-    for plane in "XYZ":
-        assert 0 <= results[f"{plane}/train/loss"] <= 1
+    for plane in "XYZ":  # soft Dice <= 1, plus 0.1 x a BCE of probabilities clamped to [1e-6, 1 - 1e-6] (<= 13.9)
+        assert 0 <= results[f"{plane}/train/loss"] <= 1 + 0.1 * 13.9
         assert (tmp_path / plane).is_dir()
 
 
