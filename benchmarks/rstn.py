@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=100, help="slices of the coarse-plane timing")
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps per plane of the quality rows (default: the demo's)")
-    parser.add_argument("--planes", default="Z", help="planes of the quality rows (XYZ adds the fusion)")
+    parser.add_argument("--planes", default="XYZ", help="planes of the quality rows (XYZ: with the fusion)")
     parser.add_argument("--set", action="append", default=[], help="Hydra override of the quality run's config")
     parser.add_argument("--from-run", default=None, help="record the quality rows of this finished demo run")
     parser.add_argument("--skip-quality", action="store_true", help="keep the quality rows of the last results file")

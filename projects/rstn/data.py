@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from common.errors import DataError
 from common.io.atomic import load_json
@@ -199,7 +199,15 @@ class RSTNDataModule(pl.LightningDataModule):
                           num_workers=self.hparams.num_workers, collate_fn=collate, drop_last=False)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._slices("val", False), batch_size=self.hparams.batch_size, shuffle=False,
+        """Every slice of the validation cases, in a fixed shuffled order.
+
+        Validation scores per case from whatever slices it saw, so a `trainer.limit_val_batches` cap takes
+        slices from the whole of each volume; in file order it would take the first slices only, which along
+        planes X and Y hold no organ (val Dice 0 whatever the network does).
+        """
+        slices = self._slices("val", False)
+        order = np.random.default_rng(0).permutation(len(slices)).tolist()
+        return DataLoader(Subset(slices, order), batch_size=self.hparams.batch_size, shuffle=False,
                           num_workers=self.hparams.num_workers, collate_fn=collate)
 
     def test_dataloader(self) -> DataLoader:

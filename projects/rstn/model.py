@@ -238,19 +238,27 @@ def soft_dice_loss(prob: Tensor, target: Tensor, eps: float = 1e-6, batch: bool 
 
 
 def stage_losses(p_coarse: Tensor, p_fine: Tensor, target: Tensor, batch: bool = False,
-                 bce_weight: float = 0.0, fine_batch: bool = False) -> tuple[Tensor, Tensor]:
+                 bce_weight: float = 0.0, fine_batch: bool = False, from_logits: bool = False
+                 ) -> tuple[Tensor, Tensor]:
     """Returns the (coarse, fine) losses of probabilities [N, C, H, W] against 0/1 targets [N, C, H, W].
 
     Args:
-        p_coarse, p_fine: probabilities [N, C, H, W].
+        p_coarse, p_fine: probabilities [N, C, H, W], or logits with `from_logits`.
         target: 0/1 targets [N, C, H, W].
         batch: False: both losses are the reference's per-sample soft Dice. True (training on organ-free slices
             too): the coarse loss is one Dice over the whole batch, and the fine loss the per-sample Dice of
             the samples holding organ only (0 if none): the fine stage only ever runs inside a box.
         bce_weight: weight of a pixel-wise binary cross-entropy added to both losses (0: none).
+        from_logits: the inputs are logits (`RSTN.forward_train(..., logits=True)`): the BCE term is computed
+            from them, so its gradient on a pixel is sigmoid(z) - target and stays -1 on an organ pixel with a
+            saturated logit (from probabilities, sigmoid'(z) underflows to 0 there, and no loss can pull the
+            pixel back). Pixels outside the fine box (logit `UNCROP_FILL`) add no BCE.
         fine_batch: with `batch`, the fine loss is one Dice over the whole batch too, so the fine probabilities
             inside a coarse false-positive box of an organ-free slice (mode J) count as false positives.
     """
+    z_coarse, z_fine = (p_coarse, p_fine) if from_logits else (None, None)
+    if from_logits:
+        p_coarse, p_fine = torch.sigmoid(p_coarse), torch.sigmoid(p_fine)
     if not batch:
         coarse, fine = soft_dice_loss(p_coarse, target), soft_dice_loss(p_fine, target)
     else:
@@ -260,10 +268,20 @@ def stage_losses(p_coarse: Tensor, p_fine: Tensor, target: Tensor, batch: bool =
         else:
             fine = soft_dice_loss(p_fine[organ], target[organ]) if bool(organ.any()) else p_fine.sum() * 0.0
         coarse = soft_dice_loss(p_coarse, target, batch=True)
-    if bce_weight:
+    if bce_weight and z_coarse is not None and z_fine is not None:
+        coarse = coarse + bce_weight * _bce_logits(z_coarse, target)
+        fine = fine + bce_weight * _bce_logits(z_fine, target)
+    elif bce_weight:
         coarse = coarse + bce_weight * _bce(p_coarse, target)
         fine = fine + bce_weight * _bce(p_fine, target)
     return coarse, fine
+
+
+def _bce_logits(logits: Tensor, target: Tensor) -> Tensor:
+    """Returns the mean binary cross-entropy of logits against 0/1 targets; pixels at `UNCROP_FILL` add 0."""
+    z = logits.float()
+    loss = F.binary_cross_entropy_with_logits(z, target.float(), reduction="none")
+    return torch.where(z <= UNCROP_FILL / 2, torch.zeros_like(loss), loss).mean()
 
 
 def _bce(prob: Tensor, target: Tensor) -> Tensor:
@@ -314,7 +332,7 @@ class RSTN(nn.Module):
         """Returns coarse probabilities [N, C, H, W] of images [N, C, H, W] in [0, 1]."""
         return torch.sigmoid(self.coarse_model(x))
 
-    def _fine(self, weighted: Tensor, mask: Tensor, margins: Margins) -> Tensor:
+    def _fine(self, weighted: Tensor, mask: Tensor, margins: Margins, return_logits: bool = False) -> Tensor:
         """Returns fine probabilities [N, C, H, W] of `weighted`, each sample in the box of its own `mask`.
 
         Every sample's crop is zero-padded at the bottom and right to the largest box of the batch and the
@@ -330,21 +348,24 @@ class RSTN(nn.Module):
         height, width = weighted.shape[-2:]
         out = [F.pad(logits[n, :, :y1 - y0, :x1 - x0], (x0, width - x1, y0, height - y1), value=UNCROP_FILL)
                for n, (y0, y1, x0, x1) in enumerate(boxes)]
-        return torch.sigmoid(torch.stack(out))
+        return torch.stack(out) if return_logits else torch.sigmoid(torch.stack(out))
 
-    def _fine_boxed(self, weighted: Tensor, mask: Tensor, margins: Margins) -> Tensor:
-        """Returns `_fine` of the samples whose `mask` is not empty, and exactly 0 for the others (no box)."""
+    def _fine_boxed(self, weighted: Tensor, mask: Tensor, margins: Margins, return_logits: bool = False) -> Tensor:
+        """Returns `_fine` of the samples whose `mask` is not empty, and exactly 0 for the others (no box).
+
+        With `return_logits`, logits, `UNCROP_FILL` where a probability would be exactly 0.
+        """
         kept = mask.flatten(1).any(dim=1)
         if bool(kept.all()):
-            return self._fine(weighted, mask, margins)
-        out = torch.zeros_like(weighted)
+            return self._fine(weighted, mask, margins, return_logits)
+        out = torch.full_like(weighted, UNCROP_FILL) if return_logits else torch.zeros_like(weighted)
         if bool(kept.any()):
-            out[kept] = self._fine(weighted[kept], mask[kept], margins)
+            out[kept] = self._fine(weighted[kept], mask[kept], margins, return_logits)
         return out
 
-    def forward_train(self, x: Tensor, y: Tensor, mode: Mode, margins: int | Sequence[int] = 20
-                      ) -> tuple[Tensor, Tensor]:
-        """Returns (coarse, fine) probabilities [N, C, H, W] of one training step.
+    def forward_train(self, x: Tensor, y: Tensor, mode: Mode, margins: int | Sequence[int] = 20,
+                      logits: bool = False) -> tuple[Tensor, Tensor]:
+        """Returns (coarse, fine) probabilities [N, C, H, W] of one training step (logits with `logits`).
 
         Args:
             x: images [N, C, H, W] float32 in [0, 1].
@@ -357,17 +378,19 @@ class RSTN(nn.Module):
         """
         if mode not in ("S", "I", "J"):
             raise ValueError(f"mode must be S, I or J, got {mode!r}")
-        p_coarse = self.forward_coarse(x)
+        z_coarse = self.coarse_model(x)
+        p_coarse = torch.sigmoid(z_coarse)
+        first = z_coarse if logits else p_coarse
         label_mask = y >= 0.5
         if mode == "S":
-            return p_coarse, self._fine_boxed(x, label_mask, as_margins(margins))
+            return first, self._fine_boxed(x, label_mask, as_margins(margins), logits)
         weighted = x * self.saliency(p_coarse)
         mask = label_mask
         if mode == "J":
             coarse_mask = p_coarse.detach() >= 0.5
             found = coarse_mask.flatten(1).any(dim=1).view(-1, 1, 1, 1)
             mask = torch.where(found, coarse_mask, label_mask)
-        return p_coarse, self._fine_boxed(weighted, mask, as_margins(margins))
+        return first, self._fine_boxed(weighted, mask, as_margins(margins), logits)
 
     def forward_fine(self, x: Tensor, score: Tensor, mask: Tensor, margin: int | Sequence[int] = 20) -> Tensor:
         """Returns fine probabilities [N, C, H, W], each sample cropped to its own box; 0 where `mask` is empty.

@@ -93,9 +93,9 @@ class RSTNModule(ConfiguredModule):
     def training_step(self, batch: SliceSample, batch_idx: int) -> Tensor:
         batch = self._layout(batch)
         margins = sample_margins(self.hparams.margin, self.hparams.margin_jitter_prob)
-        p_coarse, p_fine = self.net.forward_train(batch.image, batch.label, self.mode, margins)
-        loss_coarse, loss_fine = stage_losses(p_coarse, p_fine, batch.label, self.hparams.batch_dice,
-                                             self.hparams.bce_weight, self.hparams.fine_batch_dice)
+        z_coarse, z_fine = self.net.forward_train(batch.image, batch.label, self.mode, margins, logits=True)
+        loss_coarse, loss_fine = stage_losses(z_coarse, z_fine, batch.label, self.hparams.batch_dice,
+                                             self.hparams.bce_weight, self.hparams.fine_batch_dice, from_logits=True)
         w = self.hparams.coarse_weight
         loss = w * loss_coarse + (1 - w) * loss_fine
         size = batch.image.shape[0]

@@ -144,6 +144,20 @@ def test_empty_fraction_changes_training_slices_only(synthetic_cache) -> None:
     assert train1 > train0 and val1 == val0
 
 
+def test_validation_order_spans_each_volume(synthetic_cache) -> None:
+    dm = RSTNDataModule(str(synthetic_cache), str(synthetic_cache / "splits.json"), fold=0, plane="X",
+                        val_cases=1, batch_size=4)
+    dm.setup()
+    loader = dm.val_dataloader()
+    seen = [(c, int(j)) for batch in loader for c, j in zip(batch.case_id, batch.slice_index, strict=True)]
+    depth = VolumeCache(synthetic_cache).load(dm.cases["val"][0], "label").shape[0]
+    assert sorted(seen) == [(dm.cases["val"][0], j) for j in range(depth)]  # every slice once
+    first = [j for _, j in seen[:8]]  # what `limit_val_batches=2` would see
+    assert min(first) < depth // 4 and max(first) > 3 * depth // 4
+    assert seen == [(c, int(j)) for batch in dm.val_dataloader() for c, j in zip(batch.case_id, batch.slice_index,
+                                                                                 strict=True)]  # fixed order
+
+
 def test_datamodule_folds_and_missing_cases(synthetic_cache, tmp_path) -> None:
     dm = RSTNDataModule(str(synthetic_cache), str(synthetic_cache / "splits.json"), fold=1, plane="Z",
                         val_cases=1, batch_size=2)

@@ -7,6 +7,7 @@ import torch
 
 from projects.rstn.model import (
     RSTN,
+    UNCROP_FILL,
     FCN8s,
     SaliencyTransform,
     bilinear_kernel,
@@ -269,6 +270,45 @@ def test_bce_term_of_both_losses() -> None:
         assert torch.allclose(with_bce[stage] - plain[stage], 0.1 * bce, atol=1e-6)
         (grad,) = torch.autograd.grad(with_bce[stage], p, retain_graph=True)
         assert bool((grad[1] > 0).all())  # the organ-free sample's probabilities are pushed down
+
+
+def test_bce_from_logits_keeps_its_gradient_on_saturated_organ_pixels() -> None:
+    y = torch.zeros(2, 3, 8, 8)
+    y[0, :, 2:5, 2:5] = 1
+    z = torch.full_like(y, -0.8)
+    z[1, :, 4:, :] = UNCROP_FILL  # outside a fine box: adds no BCE
+    z.requires_grad_(True)
+    from_probs = stage_losses(torch.sigmoid(z), torch.sigmoid(z), y, bce_weight=0.1)
+    from_logits = stage_losses(z, z, y, bce_weight=0.1, from_logits=True)
+    live = torch.nn.functional.binary_cross_entropy_with_logits(z[z > UNCROP_FILL], y[z > UNCROP_FILL],
+                                                                reduction="sum") / y.numel()
+    plain = stage_losses(z, z, y, from_logits=True)
+    for stage in (0, 1):
+        assert torch.allclose(from_logits[stage] - plain[stage], 0.1 * live, atol=1e-6)
+        assert float(from_probs[stage].detach()) > float(from_logits[stage].detach())  # the fill pixels' clamped log(1e-6) counted
+    saturated = torch.full_like(y, -200.0, requires_grad=True)  # sigmoid is exactly 0 in float32
+    (g_probs,) = torch.autograd.grad(stage_losses(torch.sigmoid(saturated), torch.sigmoid(saturated), y,
+                                                  bce_weight=0.1)[0], saturated)
+    (g_logits,) = torch.autograd.grad(stage_losses(saturated, saturated, y, bce_weight=0.1, from_logits=True)[0],
+                                      saturated)
+    organ = y > 0
+    assert bool((g_probs == 0).all())  # from probabilities nothing pulls a saturated organ pixel back
+    assert torch.allclose(g_logits[organ], torch.full_like(g_logits[organ], -0.1 / y.numel()))
+
+
+def test_forward_train_logits_are_the_probabilities_before_the_sigmoid(small: RSTN) -> None:
+    torch.manual_seed(3)
+    x, y = torch.rand(2, 3, 40, 40), torch.zeros(2, 3, 40, 40)
+    y[0, :, 10:20, 12:22] = 1  # sample 1 has no organ: no box in mode S
+    for mode in ("S", "I", "J"):
+        torch.manual_seed(4)
+        probs = small.forward_train(x, y, mode, 3)  # type: ignore[arg-type]
+        torch.manual_seed(4)
+        logits = small.forward_train(x, y, mode, 3, logits=True)  # type: ignore[arg-type]
+        for p, z in zip(probs, logits, strict=True):
+            assert torch.allclose(torch.sigmoid(z), p, atol=1e-6)
+        if mode == "S":
+            assert bool((logits[1][1] == UNCROP_FILL).all())  # the box-less sample's fine logits are the fill
 
 
 def test_load_vgg16_maps_torchvision_names() -> None:
