@@ -41,11 +41,15 @@ def test_every_experiment_composes(config: str, experiment: str, tmp_path) -> No
         assert cfg.model.optimizer.momentum == 0.99 and list(cfg.model.lr_multipliers) == [1, 2, 10, 20]
         assert cfg.data.empty_fraction == 0.0 and not cfg.model.batch_dice  # the paper: organ slices only
         assert not cfg.model.fine_batch_dice and cfg.model.bce_weight == 0.0  # the paper: soft Dice only
+        assert cfg.model.margin == 20  # pixels at 512 x 512
     else:  # the recipe that trains both stages from scratch (README: Adam 3e-4 collapses, x10 blows up)
         assert cfg.model.optimizer.lr <= 1e-4 and cfg.callbacks.rstn_modes.j_lr_decay == 1.0
         assert 1 < cfg.model.lr_multipliers[2] / cfg.model.lr_multipliers[0] < 10 and cfg.trainer.max_steps > 0
         assert cfg.data.empty_fraction > 0 and cfg.model.batch_dice and cfg.model.bce_weight > 0
+        in_plane = max(cfg.data.synthetic.shape[:2])
+        assert cfg.model.margin == 20 * in_plane // 512  # the paper's margin scaled to the slice size
     if config == "eval":
+        assert cfg.eval.margin == cfg.model.margin
         assert cfg.eval.max_rounds == 10 and cfg.eval.stop_inter_dsc == 0.99
         assert str(cfg.checkpoints.Z).endswith(f"{experiment}_fd2/Z/checkpoints/last.ckpt")
 
