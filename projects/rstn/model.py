@@ -44,6 +44,18 @@ def _scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+def score_in_fp32(conv: nn.Conv2d, h: Tensor) -> Tensor:
+    """Applies a score layer (a 1x1 convolution to a few channels) in float32, also inside a bf16 autocast region.
+
+    On CPUs with AMX (Intel Sapphire Rapids and later), the bf16 weight gradient of a 1x1 convolution from about
+    3,000 or more input channels to fewer than 16 outputs corrupts the heap in the oneDNN that torch 2.13 ships
+    (`free(): invalid next size`, then an abort, in the first backward pass of the paper-width FCN's score_fr,
+    4096 -> 3). In float32 the same layer is fine, and the score layers are about 0.01% of the network's work.
+    """
+    with torch.autocast(h.device.type, enabled=False):
+        return conv(h.float())
+
+
 class FCN8s(nn.Module):
     """FCN-8s on a VGG16 trunk, with the Caffe padding of 100 and the 5 / 9 / 31 crop offsets.
 
@@ -108,10 +120,10 @@ class FCN8s(nn.Module):
         pool3, pool4 = pools[2], pools[3]
         h = self.drop(F.relu(self.fc6(h), inplace=True))
         h = self.drop(F.relu(self.fc7(h), inplace=True))
-        up2 = self.upscore2(self.score_fr(h))
-        h = up2 + self.score_pool4(pool4)[:, :, 5:5 + up2.shape[2], 5:5 + up2.shape[3]]
+        up2 = self.upscore2(score_in_fp32(self.score_fr, h))
+        h = up2 + score_in_fp32(self.score_pool4, pool4)[:, :, 5:5 + up2.shape[2], 5:5 + up2.shape[3]]
         up4 = self.upscore_pool4(h)
-        h = up4 + self.score_pool3(pool3)[:, :, 9:9 + up4.shape[2], 9:9 + up4.shape[3]]
+        h = up4 + score_in_fp32(self.score_pool3, pool3)[:, :, 9:9 + up4.shape[2], 9:9 + up4.shape[3]]
         return self.upscore8(h)[:, :, 31:31 + x.shape[2], 31:31 + x.shape[3]]
 
 

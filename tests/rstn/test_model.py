@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -15,6 +18,7 @@ from projects.rstn.model import (
     crop_box,
     load_vgg16,
     rstn_loss,
+    score_in_fp32,
     sample_margins,
     soft_dice_loss,
     stage_losses,
@@ -49,6 +53,37 @@ def test_fcn8s_output_matches_odd_inputs(shape: tuple[int, int]) -> None:
     net = FCN8s(width=1 / 16).eval()
     out = net(torch.rand(2, 3, *shape))
     assert out.shape == (2, 3, *shape)
+
+
+def test_score_layers_run_in_fp32_under_bf16_autocast() -> None:
+    net = FCN8s(width=1 / 16)
+    dtypes = {}
+    for name in ("score_fr", "score_pool3", "score_pool4", "fc7"):
+        getattr(net, name).register_forward_hook(lambda m, i, o, name=name: dtypes.__setitem__(name, o.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(torch.rand(1, 3, 40, 40))
+    out.float().sum().backward()
+    assert dtypes == {"fc7": torch.bfloat16, "score_fr": torch.float32, "score_pool3": torch.float32,
+                      "score_pool4": torch.float32}
+    assert net.score_fr.weight.grad is not None and net.score_fr.weight.grad.dtype == torch.float32
+
+
+def test_paper_width_score_layer_bf16_backward_survives() -> None:
+    """The paper's score_fr (4096 -> 3, 1x1): its bf16 weight gradient aborted the process on AMX CPUs."""
+    code = (
+        "import torch\n"
+        "from projects.rstn.model import score_in_fp32\n"
+        "conv = torch.nn.Conv2d(4096, 3, 1)\n"
+        "h = torch.rand(1, 4096, 9, 9, requires_grad=True)\n"
+        "for _ in range(4):\n"
+        "    with torch.autocast('cpu', dtype=torch.bfloat16):\n"
+        "        out = score_in_fp32(conv, torch.relu(h).bfloat16())\n"
+        "    out.sum().backward()\n"
+        "print(float(conv.weight.grad.abs().sum()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.split()[-1]) > 0
 
 
 def test_fcn8s_is_trainable_and_score_layers_start_at_zero() -> None:
