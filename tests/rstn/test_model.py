@@ -18,7 +18,6 @@ from projects.rstn.model import (
     crop_box,
     load_vgg16,
     rstn_loss,
-    score_in_fp32,
     sample_margins,
     soft_dice_loss,
     stage_losses,
