@@ -13,10 +13,12 @@ What it guarantees, for every project:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from common.cli import exit_on_data_error
 from common.errors import DataError
 from common.io.atomic import atomic_path, save_json
 from common.runtime import set_threads
+from common.tb_events import trim_after_resume
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ class ConfigInCheckpoint(pl.Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint["run_config"] = self.config
+        checkpoint["saved_at"] = time.time()  # what a resumed run repeats in TensorBoard is logged after this
 
 
 def _instantiate_dict(node: DictConfig | None) -> list:
@@ -94,47 +98,85 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(ckpt)
 
 
-def _loggers(cfg: DictConfig, resuming: bool) -> list:
+def _is_primary_process() -> bool:
+    """Returns True in the process that becomes global rank 0 (before any process group exists)."""
+    ranks = (os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"))
+    return all(int(r) == 0 for r in ranks if r not in (None, ""))
+
+
+def _loggers(cfg: DictConfig, resume_from: str | None) -> list:
+    """Returns the configured loggers; a resumed run continues its newest TensorBoard version.
+
+    The events that version holds from after the checkpoint (the steps run before a kill) are dropped first, so
+    that TensorBoard shows each step once (`common.tb_events`).
+    """
     loggers = _instantiate_dict(cfg.get("logger"))
     for lg in loggers:
-        if resuming and isinstance(lg, pl.loggers.TensorBoardLogger):
-            # Continue the newest TensorBoard version instead of opening a new one.
+        if resume_from and isinstance(lg, pl.loggers.TensorBoardLogger):
             root = Path(lg.root_dir)
             versions = sorted(int(p.name.split("_")[1]) for p in root.glob("version_*") if p.name[8:].isdigit())
             if versions:
                 lg._version = versions[-1]
+                if _is_primary_process():
+                    _trim_events(root / f"version_{versions[-1]}", resume_from)
     return loggers
+
+
+def _trim_events(version_dir: Path, ckpt_path: str) -> None:
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    saved_at = ckpt.get("saved_at", os.path.getmtime(ckpt_path))  # older checkpoints: the file's time
+    trim_after_resume(version_dir, int(ckpt.get("global_step", 0)), float(saved_at))
 
 
 def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list | None = None,
                   **overrides: Any) -> pl.Trainer:
     """Returns the Trainer of `cfg.trainer` with the project's callbacks, loggers and atomic checkpoints."""
     trainer_cfg = {**OmegaConf.to_container(cfg.trainer, resolve=True), **overrides}  # type: ignore[dict-item]
-    return instantiate(trainer_cfg, callbacks=callbacks or [], logger=loggers if loggers else False,
-                       plugins=[AtomicCheckpointIO()], _convert_="all")
+    trainer_cfg["strategy"] = ddp_strategy(trainer_cfg.get("strategy", "auto"))
+    return instantiate(trainer_cfg, callbacks=_without_logger_callbacks(callbacks or [], loggers or []),
+                       logger=loggers if loggers else False, plugins=[AtomicCheckpointIO()], _convert_="all")
+
+
+def launches_processes(cfg: DictConfig) -> bool:
+    """Returns True when `cfg.trainer` starts its DDP ranks by running this command again (not `ddp_spawn`)."""
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    several = cfg.trainer.get("devices", 1) != 1 or int(cfg.trainer.get("num_nodes", 1) or 1) > 1
+    return strategy.startswith("ddp") and not strategy.startswith("ddp_spawn") and several
 
 
 def _is_multirun_ddp(cfg: DictConfig) -> bool:
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return False
-    strategy = str(cfg.trainer.get("strategy", "auto"))
-    return strategy.startswith("ddp") and not strategy.startswith("ddp_spawn") and cfg.trainer.get("devices", 1) != 1
+    return launches_processes(cfg)
 
 
-def _run_job_as_child() -> dict:
-    """Runs the current multirun job in a child process with only its own overrides (see module docstring)."""
+def run_in_child(extra_overrides: list[str] | tuple[str, ...] = (), metrics_dir: str | os.PathLike | None = None
+                 ) -> dict:
+    """Runs this command again in a child process: the current job's overrides, then `extra_overrides`.
+
+    DDP starts its other ranks by running the command line again, so a command that trains several runs in turn
+    (a multirun's jobs, RSTN's three planes) must give each run a command line of its own, or every rank would
+    replay all of them. The child gets the current run folder and none of the distributed variables.
+
+    Returns:
+        The child's `metrics.json` in `metrics_dir` (default: the run folder), {} if it wrote none.
+
+    Raises:
+        DataError: called outside a Hydra command (there is no command line to repeat).
+        subprocess.CalledProcessError: the child failed.
+    """
     import __main__
 
+    if not HydraConfig.initialized():
+        raise DataError(None, "distributed training of several runs needs the command line (train.py ...)")
     hc = HydraConfig.get()
     script = [sys.executable, os.path.abspath(sys.argv[0])] if __main__.__spec__ is None \
         else [sys.executable, "-m", __main__.__spec__.name]
-    cmd = [*script, *hc.overrides.task, f"hydra.run.dir={hc.runtime.output_dir}"]
-    log.info("multirun + DDP: running job %s as %s", hc.job.num, " ".join(cmd))
+    cmd = [*script, *hc.overrides.task, *extra_overrides, f"hydra.run.dir={hc.runtime.output_dir}"]
+    log.info("running %s", " ".join(cmd))
     env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
     subprocess.run(cmd, check=True, env=env)
-    metrics = Path(hc.runtime.output_dir) / "metrics.json"
-    import json
-
+    metrics = Path(metrics_dir or hc.runtime.output_dir) / "metrics.json"
     return json.loads(metrics.read_text()) if metrics.exists() else {}
 
 
@@ -161,15 +203,30 @@ def _set_threads(cfg: DictConfig) -> None:
         set_threads(cfg.threads)
 
 
-def _strategy_for(cfg: DictConfig, module: pl.LightningModule) -> dict[str, Any]:
-    """Returns a strategy override for modules that leave parameters without gradient in some backward passes.
+# The DDP strategies that take a `find_unused_parameters` choice, by their registry names.
+_DDP_FAMILIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
 
-    A GAN trained with manual optimisation runs one backward for the generator and one for the discriminator;
-    plain DDP would wait for gradients that never come. Such a module sets `ddp_find_unused_parameters = True`.
+
+def ddp_strategy(strategy: Any) -> Any:
+    """Returns the strategy to train with: a plain DDP name becomes its `find_unused_parameters_true` variant.
+
+    This is the one place that decides it, for every module: a GAN runs one backward pass for the generator and
+    one for the discriminator (each leaves the other's parameters without gradient), RSTN's fine network sits idle
+    in mode S, a module's optional branch may be off in an experiment. Plain DDP then stops with "parameters that
+    were not used in producing loss". The search for unused parameters costs one walk over the autograd graph per
+    step (small beside a convolution's backward). A run that knows every parameter is used asks for
+    `trainer.strategy=ddp_find_unused_parameters_false` explicitly; any other name or a strategy object is kept.
     """
-    if str(cfg.trainer.get("strategy")) == "ddp" and getattr(module, "ddp_find_unused_parameters", False):
-        return {"strategy": "ddp_find_unused_parameters_true"}
-    return {}
+    if isinstance(strategy, str) and strategy in _DDP_FAMILIES:
+        return f"{strategy}_find_unused_parameters_true"
+    return strategy
+
+
+def _without_logger_callbacks(callbacks: list, loggers: list) -> list:
+    """Returns `callbacks` without the ones that need a logger (LearningRateMonitor) when there is none."""
+    if loggers:
+        return callbacks
+    return [cb for cb in callbacks if not isinstance(cb, pl.callbacks.LearningRateMonitor)]
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -179,7 +236,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         The validation and test scalars of the run (also written to `<run dir>/metrics.json`).
     """
     if _is_multirun_ddp(cfg):
-        return _run_job_as_child()
+        return run_in_child()
     _set_threads(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     out = output_dir(cfg)
@@ -187,8 +244,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data, _recursive_=False)
     module = instantiate(cfg.model, _recursive_=False)
     callbacks = _instantiate_dict(cfg.get("callbacks")) + [ConfigInCheckpoint(cfg)]
-    trainer = build_trainer(cfg, callbacks, _loggers(cfg, resuming=ckpt_path is not None),
-                            **_strategy_for(cfg, module))
+    trainer = build_trainer(cfg, callbacks, _loggers(cfg, resume_from=ckpt_path))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     results = _scalars(trainer.callback_metrics)
     if cfg.get("test_after_fit", True) and not getattr(trainer, "fast_dev_run", False):
@@ -247,5 +303,6 @@ def entry(project: str, fn: Any = None, config_name: str = "train") -> Any:
 
 
 def cli(fn: Any, cfg: DictConfig) -> Any:
-    """Runs `fn(cfg)`; a `DataError` becomes one line on stderr and exit code 2."""
+    """Runs `fn(cfg)` with the config's `threads`; a `DataError` becomes one line on stderr and exit code 2."""
+    _set_threads(cfg)
     return exit_on_data_error(fn, cfg)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.errors import DataError
 from common.io.cache import VolumeCache
+from common.loaders import loader_options
 from projects.easysr.prepare import build_cache, case_id, find_volumes
 
 
@@ -132,7 +133,7 @@ class EasySRDataModule(pl.LightningDataModule):
 
     def __init__(self, raw_dir: str, cache_dir: str, axis: int = 1, scale: int = 3,
                  patch_size: Sequence[int] | None = None, patches_per_volume: int = 4, batch_size: int = 2,
-                 num_workers: int = 0, val_fraction: float = 0.2, split_seed: int = 0, augment: bool = False,
+                 num_workers: int | str = 0, val_fraction: float = 0.2, split_seed: int = 0, augment: bool = False,
                  require_isotropic: bool = True) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -168,14 +169,14 @@ class EasySRDataModule(pl.LightningDataModule):
             data: Dataset = SRVolumeDataset(self.cache, ids, h.augment)
         else:
             data = SRPatchDataset(self.cache, ids, h.patch_size, h.scale, h.patches_per_volume, h.augment)
-        return DataLoader(data, batch_size=h.batch_size, shuffle=True, num_workers=h.num_workers,
-                          drop_last=len(data) > h.batch_size, persistent_workers=h.num_workers > 0)
+        return DataLoader(data, batch_size=h.batch_size, shuffle=True, drop_last=len(data) > h.batch_size,
+                          **loader_options(h.num_workers, self.trainer))
 
     def _eval_loader(self, split: str) -> DataLoader:
         if not self.splits[split]:
             raise DataError(Path(self.hparams.raw_dir), f"the {split} split is empty")
         data = SRVolumeDataset(self.cache, self.splits[split])
-        return DataLoader(data, batch_size=1, shuffle=False, num_workers=self.hparams.num_workers)
+        return DataLoader(data, batch_size=1, shuffle=False, **loader_options(self.hparams.num_workers, self.trainer))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")

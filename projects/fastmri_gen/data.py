@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker
 from torch.utils.data._utils.collate import default_collate
 
 from common.io import FastMRIFile
+from common.loaders import loader_options
 from projects.fastmri_gen.prepare import load_or_build_index, write_synthetic_tree
 from projects.fastmri_gen.transforms import (
     ColumnMask,
@@ -295,7 +296,7 @@ class FastMRIDataModule(pl.LightningDataModule):
                  val_split: str = "singlecoil_val", test_split: str = "singlecoil_val",
                  accelerations: list[int] | tuple[int, ...] = (4,), center_fractions: list[float] | None = None,
                  val_accelerations: list[int] | None = None, mask_type: str = "random", batch_size: int = 8,
-                 val_batch_size: int | None = None, num_workers: int = 2, sample_rate: float = 1.0,
+                 val_batch_size: int | None = None, num_workers: int | str = 2, sample_rate: float = 1.0,
                  val_sample_rate: float = 1.0, fidelity: dict | None = None, seed: int = 0,
                  synthetic: dict | None = None) -> None:
         super().__init__()
@@ -330,8 +331,8 @@ class FastMRIDataModule(pl.LightningDataModule):
         batch = self.hparams.batch_size if training else (self.hparams.val_batch_size or self.hparams.batch_size)
         sampler = None if training else VolumeSampler(dataset)
         return DataLoader(dataset, batch_size=batch, shuffle=training, sampler=sampler, collate_fn=collate,
-                          num_workers=self.hparams.num_workers, drop_last=training and len(dataset) > batch,
-                          persistent_workers=False)
+                          drop_last=training and len(dataset) > batch,
+                          **loader_options(self.hparams.num_workers, self.trainer))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -112,9 +112,6 @@ class ReconstructionModule(pl.LightningModule):
             to the top-level `reference_params` read by the model card).
     """
 
-    # two backward passes per batch (generator, discriminator): DDP must tolerate parameters without gradient
-    ddp_find_unused_parameters = True
-
     def __init__(self, net: Any, optimizer: Any = None, d_optimizer: Any = None, discriminator: Any = None,
                  scheduler: Any = None, loss: dict | None = None, fidelity: dict | None = None,
                  proxy: dict | None = None, accelerations: list[int] | tuple[int, ...] = (4, 8, 16, 32),

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from common.errors import DataError
 from common.io.atomic import load_json
 from common.io.cache import VolumeCache
+from common.loaders import loader_options
 
 PLANE_AXIS = {"X": 0, "Y": 1, "Z": 2}
 
@@ -166,7 +167,7 @@ class RSTNDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, cache_dir: str, split_file: str, fold: int = 0, plane: str = "Z", thickness: int = 3,
-                 slice_threshold: float = 0.98, empty_fraction: float = 0.0, val_cases: int = 2, batch_size: int = 1, num_workers: int = 0,
+                 slice_threshold: float = 0.98, empty_fraction: float = 0.0, val_cases: int = 2, batch_size: int = 1, num_workers: int | str = 0,
                  synthetic: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -196,7 +197,7 @@ class RSTNDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self._slices("train", True), batch_size=self.hparams.batch_size, shuffle=True,
-                          num_workers=self.hparams.num_workers, collate_fn=collate, drop_last=False)
+                          collate_fn=collate, drop_last=False, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
         """Every slice of the validation cases, in a fixed shuffled order.
@@ -208,8 +209,11 @@ class RSTNDataModule(pl.LightningDataModule):
         slices = self._slices("val", False)
         order = np.random.default_rng(0).permutation(len(slices)).tolist()
         return DataLoader(Subset(slices, order), batch_size=self.hparams.batch_size, shuffle=False,
-                          num_workers=self.hparams.num_workers, collate_fn=collate)
+                          collate_fn=collate, **self._loader_options())
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self._slices("test", False), batch_size=self.hparams.batch_size, shuffle=False,
-                          num_workers=self.hparams.num_workers, collate_fn=collate)
+                          collate_fn=collate, **self._loader_options())
+
+    def _loader_options(self) -> dict:
+        return loader_options(self.hparams.num_workers, self.trainer)

@@ -121,8 +121,6 @@ def format_table(stats: dict[str, dict[str, float]]) -> str:
 def evaluate_rstn(cfg: DictConfig) -> dict[str, Any]:
     """Runs the test chain of `cfg.eval` on the fold's cases; writes masks, per-case DSC and the summary."""
     ev = cfg.eval
-    if ev.get("threads"):
-        torch.set_num_threads(int(ev.threads))
     models = {p: load_plane_model(cfg.checkpoints[p], cfg.model) for p in ev.planes}
     if ev.channels_last:
         models = {p: m.to(memory_format=torch.channels_last) for p, m in models.items()}

@@ -370,9 +370,13 @@ class RSTN(nn.Module):
         kept = mask.flatten(1).any(dim=1)
         if bool(kept.all()):
             return self._fine(weighted, mask, margins, return_logits)
-        out = torch.full_like(weighted, UNCROP_FILL) if return_logits else torch.zeros_like(weighted)
-        if bool(kept.any()):
-            out[kept] = self._fine(weighted[kept], mask[kept], margins, return_logits)
+        fill = UNCROP_FILL if return_logits else 0.0
+        if not bool(kept.any()):
+            return torch.full_like(weighted, fill)
+        fine = self._fine(weighted[kept], mask[kept], margins, return_logits)
+        # Under autocast the fine output's dtype (bf16 or float32) need not be the input's.
+        out = torch.full(weighted.shape, fill, dtype=fine.dtype, device=fine.device)
+        out[kept] = fine
         return out
 
     def forward_train(self, x: Tensor, y: Tensor, mode: Mode, margins: int | Sequence[int] = 20,

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from common.run import entry, train  # noqa: E402
+from common.run import entry, launches_processes, run_in_child, train  # noqa: E402
 
 PLANES = ("X", "Y", "Z")
 
@@ -22,6 +22,12 @@ def train_planes(cfg: DictConfig) -> dict[str, float]:
     planes = PLANES if cfg.plane == "A" else (str(cfg.plane),)
     base = Path(OmegaConf.select(cfg, "paths.output_dir"))
     results: dict[str, float] = {}
+    if len(planes) > 1 and launches_processes(cfg):
+        # DDP starts its ranks by running this command again: one child command per plane keeps them in step.
+        for plane in planes:
+            metrics = run_in_child([f"plane={plane}"], metrics_dir=base / plane)
+            results.update({f"{plane}/{k}": v for k, v in metrics.items()})
+        return results
     for plane in planes:
         plane_cfg = cfg.copy()
         OmegaConf.update(plane_cfg, "plane", plane)

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from common.errors import DataError
 from common.io.atomic import load_json
 from common.io.cache import VolumeCache
+from common.loaders import loader_options
 from projects.saint.model import distance_map
 
 IMAGE_KEY = "image"
@@ -238,7 +239,7 @@ class SaintDataModule(pl.LightningDataModule):
 
     def __init__(self, cache_dir: str, split_file: str | None = None, factors: Sequence[int] = (4, 6),
                  n_phase: int = 6, patch_lr: int = 10, max_thickness_mm: float = 5.0,
-                 min_hr_slices: int | None = None, batch_size: int = 16, num_workers: int = 2,
+                 min_hr_slices: int | None = None, batch_size: int = 16, num_workers: int | str = 2,
                  samples_per_epoch: int | None = None, val_count: int = 2, val_factors: Sequence[int] = (4, 6),
                  test_factors: Sequence[int] = (4, 6), split_seed: int = 0) -> None:
         super().__init__()
@@ -255,8 +256,7 @@ class SaintDataModule(pl.LightningDataModule):
         self.split = split_cases(self.cache.case_ids(), hp.split_file or PAPER_SPLIT, hp.val_count, hp.split_seed)
 
     def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0, **kwargs)
+        return DataLoader(dataset, **loader_options(self.hparams.num_workers, self.trainer), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.errors import DataError
 from common.io.cache import VolumeCache
+from common.loaders import loader_options
 from projects.spin.splits import resolve_split
 
 #: Fixed ATLAS R1.2 intensity statistics used for normalisation (x - mean) / std.
@@ -215,7 +216,7 @@ class ATLASDataModule(pl.LightningDataModule):
 
     def __init__(self, cache_dir: str, split: str = "atlas_traintest", fold: int | None = None,
                  val_fraction: float = 0.1, val_seed: int = 0, batch_size: int = 8, eval_batch_size: int = 16,
-                 num_workers: int = 0, n_chunk: int = 5, pos_rate: float = 0.95, pos_min_px: int = 0,
+                 num_workers: int | str = 0, n_chunk: int = 5, pos_rate: float = 0.95, pos_min_px: int = 0,
                  samples_per_scan: int = 1, val_slice_stride: int = 1, small_max_px: int = 100) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -234,9 +235,8 @@ class ATLASDataModule(pl.LightningDataModule):
         return ATLASScanSlices(hp.cache_dir, self.sets[name], hp.n_chunk, hp.small_max_px, stride, lesion_first)
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                          persistent_workers=workers > 0, drop_last=False)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False,
+                          **loader_options(self.hparams.num_workers, self.trainer))
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -70,18 +72,44 @@ def test_last_checkpoint_follows_training_even_without_improvement(tmp_path, toy
     assert (last["epoch"], best["epoch"]) == (2, 0)  # lr 0: the score never improves after epoch 0
 
 
-def test_gan_modules_get_a_ddp_strategy_that_tolerates_unused_parameters(tmp_path):
-    from omegaconf import OmegaConf
+def test_every_ddp_run_tolerates_unused_parameters_unless_it_opts_out():
+    from common.run import ddp_strategy
 
-    from common.run import _strategy_for
+    assert ddp_strategy("ddp") == "ddp_find_unused_parameters_true"
+    assert ddp_strategy("ddp_spawn") == "ddp_spawn_find_unused_parameters_true"
+    assert ddp_strategy("ddp_find_unused_parameters_false") == "ddp_find_unused_parameters_false"
+    assert ddp_strategy("auto") == "auto"
 
-    class Gan(torch.nn.Module):
-        ddp_find_unused_parameters = True
 
-    ddp = OmegaConf.create({"trainer": {"strategy": "ddp"}})
-    assert _strategy_for(ddp, Gan()) == {"strategy": "ddp_find_unused_parameters_true"}
-    assert _strategy_for(ddp, torch.nn.Linear(1, 1)) == {}
-    assert _strategy_for(OmegaConf.create({"trainer": {"strategy": "auto"}}), Gan()) == {}
+def test_no_logger_with_the_default_callbacks(tmp_path, toy_on_path):
+    results = train(_compose(tmp_path, "logger=none", "trainer.max_epochs=1", callbacks="default"))
+    assert results["test/psnr"] > 10 and not (tmp_path / "tb").exists()
+
+
+def _tag_steps(version: Path) -> Counter:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    seen: Counter = Counter()
+    for path in sorted(version.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            seen.update((value.tag, event.step) for value in event.summary.value)
+    return seen
+
+
+def test_a_run_resumed_after_a_kill_logs_each_step_once(tmp_path, toy_on_path):
+    common = ["test_after_fit=false", "~callbacks.progress_bar"]
+    train(_compose(tmp_path / "straight", "trainer.max_epochs=4", *common, callbacks="default"))
+    run = tmp_path / "killed"
+    train(_compose(run, "trainer.max_epochs=2", *common, callbacks="default"))
+    epoch2 = run / "epoch2.ckpt"
+    shutil.copy(run / "checkpoints" / "last.ckpt", epoch2)
+    train(_compose(run, "trainer.max_epochs=4", "ckpt_path=last", *common, callbacks="default"))
+    shutil.copy(epoch2, run / "checkpoints" / "last.ckpt")  # as if killed after logging epochs 3-4, before saving
+    train(_compose(run, "trainer.max_epochs=4", "ckpt_path=last", *common, callbacks="default"))
+    assert sorted(p.name for p in (run / "tb").iterdir()) == ["version_0"]
+    resumed, straight = _tag_steps(run / "tb" / "version_0"), _tag_steps(tmp_path / "straight" / "tb" / "version_0")
+    assert resumed == straight  # the same (tag, step) points as a run never interrupted, each as often
+    assert max(step for tag, step in resumed if tag == "train/loss_step") == 15
 
 
 def _run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

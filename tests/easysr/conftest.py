@@ -23,3 +23,11 @@ def split_raw(tmp_path: Path) -> Path:
     write_ratbrain_nifti(root, {f"rat{i:02d}": isotropic_volume(i, (16, 18, 16)) for i in range(3)}, "training")
     write_ratbrain_nifti(root, {"val00": isotropic_volume(10, (16, 18, 16))}, "validation")
     return root
+
+
+@pytest.fixture(scope="session")
+def raw32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three isotropic 32 x 33 x 32 volumes in one folder: big enough for the paper discriminator's strides."""
+    raw = tmp_path_factory.mktemp("easysr") / "raw"
+    write_ratbrain_nifti(raw, {f"rat{i}": isotropic_volume(i, (32, 33, 32)) for i in range(3)})
+    return raw

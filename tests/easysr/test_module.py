@@ -3,8 +3,6 @@ batch norm modes; the reference's double-sigmoid and frozen-BN behaviours stay r
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -14,7 +12,6 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from common.run import CONF_ROOT, train
-from common.synthetic import isotropic_volume, write_ratbrain_nifti
 from projects.easysr.data import SRSample
 
 EXPERIMENTS = ["reference", "gan", "demo"]
@@ -24,13 +21,6 @@ def _compose(name: str, overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_ROOT / "easysr"), version_base="1.3"):
         return compose(name, overrides=overrides)
-
-
-@pytest.fixture(scope="module")
-def raw32(tmp_path_factory) -> Path:
-    raw = tmp_path_factory.mktemp("easysr") / "raw"
-    write_ratbrain_nifti(raw, {f"rat{i}": isotropic_volume(i, (32, 33, 32)) for i in range(3)})
-    return raw
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
