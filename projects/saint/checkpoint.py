@@ -60,11 +60,7 @@ def load_weights(net: SAINT, path: str | Path, parts: str = "all") -> SAINT:
 
 def read_run_config(path: str | Path) -> dict | None:
     """Returns the run config stored in a Lightning checkpoint of this project, or None (plain state dict)."""
-    try:
-        ckpt = torch.load(Path(path), map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a corrupt file
-        raise DataError(path, f"cannot read checkpoint ({type(err).__name__}: {err})") from err
-    return ckpt.get("run_config") if isinstance(ckpt, dict) else None
+    return read_checkpoint(path).get("run_config")
 
 
 def has_trained_rfn(run_config: dict | None) -> bool:
