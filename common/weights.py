@@ -72,9 +72,21 @@ def require_keys(state: Mapping[str, torch.Tensor], prefixes: Sequence[str], pat
                               f" (found {sorted(state)[:3]}...)")
 
 
+def _kept_from_config(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
+                      optional_parts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Returns the module's own entries that an import need not provide (see `write_imported_checkpoint`)."""
+    kept = {}
+    for name, child in module.named_children():
+        own = {f"{name}.{k}": v for k, v in child.state_dict().items()}
+        given = any(k.startswith(f"{name}.") for k in state_dict)
+        if own and (not any(True for _ in child.parameters()) or (name in optional_parts and not given)):
+            kept.update(own)
+    return kept
+
+
 def write_imported_checkpoint(out: str | os.PathLike, project: str, experiment: str,
                               state_dict: Mapping[str, torch.Tensor], source: str | Sequence[str],
-                              overrides: Sequence[str] = ()) -> Path:
+                              overrides: Sequence[str] = (), optional_parts: Sequence[str] = ()) -> Path:
     """Writes (atomically) a checkpoint of `project`'s LightningModule holding imported weights; returns `out`.
 
     The module is built from `conf/<project>/train.yaml` with `experiment=<experiment>` and `overrides`, and
@@ -83,6 +95,11 @@ def write_imported_checkpoint(out: str | os.PathLike, project: str, experiment: 
     `state_dict`, `run_config` (the resolved config, plain containers), `hyper_parameters`, `imported_from`,
     plus Lightning's `epoch`, `global_step` and `pytorch-lightning_version`. It carries no optimiser or loop
     state, so it starts training through `model.init_weights=`, not through `ckpt_path=` (resume).
+
+    Sub-modules that hold buffers but no parameters (e.g. a loss's `pos_weight`) come from the config, not from
+    training, and keep their configured values. A sub-module named in `optional_parts` (e.g. a GAN's
+    discriminator) may be absent from `state_dict` as a whole: it then keeps its fresh initialisation, and the
+    checkpoint lists it under `fresh_init`.
 
     Raises:
         DataError: the weights do not fit the model (the first few missing and unexpected keys are listed).
@@ -94,13 +111,16 @@ def write_imported_checkpoint(out: str | os.PathLike, project: str, experiment: 
     cfg = compose_experiment(project, experiment, list(overrides))
     module = instantiate_model(cfg.model)
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-    load_state_strict(module, state_dict, ", ".join(map(str, sources)), f"{project} experiment={experiment}")
+    kept = _kept_from_config(module, state_dict, optional_parts)
+    load_state_strict(module, {**kept, **state_dict}, ", ".join(map(str, sources)),
+                      f"{project} experiment={experiment}")
     run_config = OmegaConf.to_container(cfg, resolve=True)
     hyper_parameters = {k: v for k, v in dict(run_config["model"]).items() if k != "_target_"}  # type: ignore[index]
     checkpoint = {"epoch": 0, "global_step": 0, "pytorch-lightning_version": pl.__version__,
                   "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
                   "hyper_parameters": hyper_parameters, "run_config": run_config,
-                  "imported_from": [str(s) for s in sources]}
+                  "imported_from": [str(s) for s in sources],
+                  "fresh_init": sorted({k.split(".")[0] for k in kept if k.split(".")[0] in optional_parts})}
     with atomic_path(out) as tmp:
         torch.save(checkpoint, tmp)
     return Path(out)
@@ -110,7 +130,8 @@ Converter = Callable[[list[Path], str], Mapping[str, torch.Tensor]]
 
 
 def import_main(project: str, convert: Converter, default_experiment: str, description: str,
-                argv: Sequence[str] | None = None, experiments: Sequence[str] | None = None) -> int:
+                argv: Sequence[str] | None = None, experiments: Sequence[str] | None = None,
+                optional_parts: Sequence[str] = ()) -> int:
     """The command line of `python -m projects.<project>.import_weights SRC [SRC ...] --out CKPT`.
 
     Args:
@@ -120,6 +141,7 @@ def import_main(project: str, convert: Converter, default_experiment: str, descr
         description: the help text (the first line is used).
         argv: the arguments (None: `sys.argv[1:]`).
         experiments: the experiments the importer supports (None: any).
+        optional_parts: sub-modules the released files may lack (see `write_imported_checkpoint`).
 
     Returns:
         0 on success; 2 after printing one line on stderr for bad input (see `common.cli`).
@@ -133,14 +155,14 @@ def import_main(project: str, convert: Converter, default_experiment: str, descr
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for the model, e.g. model.net.width=32 (repeatable)")
     args = parser.parse_args(argv)
-    return _run_import(project, convert, args)
+    return _run_import(project, convert, args, optional_parts)
 
 
 @exit_code_on_data_error
-def _run_import(project: str, convert: Converter, args: argparse.Namespace) -> int:
+def _run_import(project: str, convert: Converter, args: argparse.Namespace, optional_parts: Sequence[str]) -> int:
     state = convert(list(args.sources), args.experiment)
     out = write_imported_checkpoint(args.out, project, args.experiment, state, [str(s) for s in args.sources],
-                                    args.overrides)
+                                    args.overrides, optional_parts)
     print(f"{out}: {len(state)} tensors from {', '.join(map(str, args.sources))} "
           f"as {project} experiment={args.experiment}")
     return 0
