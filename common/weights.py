@@ -131,7 +131,8 @@ Converter = Callable[[list[Path], str], Mapping[str, torch.Tensor]]
 
 def import_main(project: str, convert: Converter, default_experiment: str, description: str,
                 argv: Sequence[str] | None = None, experiments: Sequence[str] | None = None,
-                optional_parts: Sequence[str] = ()) -> int:
+                optional_parts: Sequence[str] = (),
+                extra_overrides: Callable[[Path, str], Sequence[str]] | None = None) -> int:
     """The command line of `python -m projects.<project>.import_weights SRC [SRC ...] --out CKPT`.
 
     Args:
@@ -142,6 +143,8 @@ def import_main(project: str, convert: Converter, default_experiment: str, descr
         argv: the arguments (None: `sys.argv[1:]`).
         experiments: the experiments the importer supports (None: any).
         optional_parts: sub-modules the released files may lack (see `write_imported_checkpoint`).
+        extra_overrides: `(output checkpoint, experiment) -> config overrides` the project adds (e.g. a stage-2
+            model naming its stage-1 checkpoint).
 
     Returns:
         0 on success; 2 after printing one line on stderr for bad input (see `common.cli`).
@@ -155,6 +158,8 @@ def import_main(project: str, convert: Converter, default_experiment: str, descr
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for the model, e.g. model.net.width=32 (repeatable)")
     args = parser.parse_args(argv)
+    if extra_overrides is not None:
+        args.overrides = [*extra_overrides(args.out, args.experiment), *args.overrides]
     return _run_import(project, convert, args, optional_parts)
 
 

@@ -78,10 +78,12 @@ def load_saint(path: str | Path, default_net: dict | None = None) -> tuple[SAINT
     """Returns the network stored in `path` (eval mode) and whether its RFN is trained.
 
     The architecture comes from the checkpoint's run config; a plain state dict uses `default_net` (keyword
-    arguments of `SAINT`, `_target_` allowed) or the paper's configuration.
+    arguments of `SAINT`, `_target_` allowed) or the paper's configuration. A checkpoint imported from the
+    reference's combined file (`import_weights.py`, it records `imported_from`) counts as that file: RFN trained.
     """
-    run_config = read_run_config(path)
+    ckpt = read_checkpoint(path)
+    run_config = ckpt.get("run_config")
     net_cfg = dict(run_config["model"]["net"]) if run_config else dict(default_net or {})
     net_cfg.pop("_target_", None)
     net = load_weights(SAINT(**net_cfg), path, "all").eval()
-    return net, has_trained_rfn(run_config)
+    return net, bool(ckpt.get("imported_from")) or has_trained_rfn(run_config)
