@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import Container, DictConfig, OmegaConf, open_dict
 
@@ -83,7 +84,12 @@ def instantiate_model(model_cfg: Any) -> torch.nn.Module:
             model_cfg.pop(INIT_WEIGHTS_KEY, None)
     else:
         model_cfg = {k: v for k, v in dict(model_cfg).items() if k != INIT_WEIGHTS_KEY}
-    return instantiate(model_cfg, _recursive_=False)
+    try:
+        return instantiate(model_cfg, _recursive_=False)
+    except InstantiationException as err:  # Hydra wraps what the module raised: bad input stays one line
+        if isinstance(err.__cause__, DataError):
+            raise err.__cause__ from None
+        raise
 
 
 def load_state_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
@@ -139,3 +145,4 @@ def init_from_checkpoint(module: torch.nn.Module, path: str | os.PathLike) -> No
         raise DataError(path, "not a checkpoint of this project (no 'state_dict'); import third-party weights"
                               " with `python -m projects.<p>.import_weights` first")
     load_state_strict(module, ckpt["state_dict"], path)
+    module.initialised_from = str(path)  # lets a module tell trained starting weights from its random init
