@@ -75,7 +75,7 @@ def plain_containers(value: Any) -> Any:
     return value
 
 
-def instantiate_model(model_cfg: Any) -> torch.nn.Module:
+def instantiate_model(model_cfg: Any) -> Any:
     """Returns the LightningModule of a model config; its `init_weights` entry (see `init_from_checkpoint`) is
     left out, since it names where the weights come from rather than an argument of the module."""
     if isinstance(model_cfg, DictConfig):
@@ -145,4 +145,5 @@ def init_from_checkpoint(module: torch.nn.Module, path: str | os.PathLike) -> No
         raise DataError(path, "not a checkpoint of this project (no 'state_dict'); import third-party weights"
                               " with `python -m projects.<p>.import_weights` first")
     load_state_strict(module, ckpt["state_dict"], path)
-    module.initialised_from = str(path)  # lets a module tell trained starting weights from its random init
+    # lets a module tell trained starting weights from its random init (RSTN warns about the latter)
+    module.initialised_from = str(path)  # type: ignore[assignment]

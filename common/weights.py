@@ -13,6 +13,7 @@ import argparse
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
@@ -114,8 +115,8 @@ def write_imported_checkpoint(out: str | os.PathLike, project: str, experiment: 
     kept = _kept_from_config(module, state_dict, optional_parts)
     load_state_strict(module, {**kept, **state_dict}, ", ".join(map(str, sources)),
                       f"{project} experiment={experiment}")
-    run_config = OmegaConf.to_container(cfg, resolve=True)
-    hyper_parameters = {k: v for k, v in dict(run_config["model"]).items() if k != "_target_"}  # type: ignore[index]
+    run_config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    hyper_parameters = {k: v for k, v in dict(run_config["model"]).items() if k != "_target_"}
     checkpoint = {"epoch": 0, "global_step": 0, "pytorch-lightning_version": pl.__version__,
                   "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
                   "hyper_parameters": hyper_parameters, "run_config": run_config,
