@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
 
 from benchmarks.harness import RESULTS_DIR, measure, previous_rows, print_table, write_results
+from common.checkpoint import instantiate_model
 from common.run import CONF_ROOT, train
 from common.synthetic import knee_images, single_coil_kspace
 from projects.fastmri_gen.data import DataFidelity, SliceTransform, collate
@@ -55,7 +55,7 @@ def full_size_batch(slices: int, fidelity: str) -> object:
 
 def build_module(model: str, fidelity: str):
     cfg = compose_cfg("train", [f"model={model}", f"fidelity={fidelity}", "paths.output_dir=/tmp/unused"])
-    return instantiate(cfg.model, _recursive_=False)
+    return instantiate_model(cfg.model)
 
 
 def step_fn(module, batch, bf16: bool):

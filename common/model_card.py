@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
 
 import common.run  # noqa: F401  (registers the config resolvers)
+from common.checkpoint import instantiate_model
 
 CONF_ROOT = Path(__file__).resolve().parents[1] / "conf"
 
@@ -60,9 +60,9 @@ def card_rows(project: str, experiment: str) -> list[dict]:
     cfg = compose_experiment(project, experiment)
     try:  # on the meta device nothing is allocated (the RSTN paper network alone is 1 GB of float32)
         with torch.device("meta"):
-            module = instantiate(cfg.model, _recursive_=False)
+            module = instantiate_model(cfg.model)
     except Exception:  # a module that computes or loads at construction time: build it for real
-        module = instantiate(cfg.model, _recursive_=False)
+        module = instantiate_model(cfg.model)
     reference = dict(cfg.get("reference_params") or {})
     rows = [{"project": project, "experiment": experiment, "network": name, "params": n,
              "reference": reference.pop(name, None)} for name, n in count_networks(module).items()]

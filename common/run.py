@@ -31,7 +31,13 @@ from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from common.checkpoint import module_from_checkpoint
+from common.checkpoint import (
+    INIT_WEIGHTS_KEY,
+    init_from_checkpoint,
+    instantiate_model,
+    module_from_checkpoint,
+    plain_containers,
+)
 from common.cli import exit_on_data_error
 from common.errors import DataError
 from common.io.atomic import atomic_path, save_json
@@ -59,7 +65,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class ConfigInCheckpoint(pl.Callback):
-    """Stores the resolved run config inside every checkpoint, so `eval.py ckpt_path=...` can rebuild the model."""
+    """Stores the resolved run config inside every checkpoint, so `eval.py ckpt_path=...` can rebuild the model.
+
+    It also turns the hyper-parameters Lightning stores (DictConfig objects, from `save_hyperparameters`) into
+    plain containers, so that every checkpoint loads with `torch.load(..., weights_only=True)`. Allow-listing
+    DictConfig for such loading instead would not be safe: with the `eval` resolver registered above, a crafted
+    DictConfig runs code when it is read.
+    """
 
     def __init__(self, cfg: DictConfig) -> None:
         self.config = OmegaConf.to_container(cfg, resolve=True)
@@ -67,6 +79,9 @@ class ConfigInCheckpoint(pl.Callback):
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint["run_config"] = self.config
         checkpoint["saved_at"] = time.time()  # what a resumed run repeats in TensorBoard is logged after this
+        for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+            if key in checkpoint:
+                checkpoint[key] = plain_containers(checkpoint[key])
 
 
 def _instantiate_dict(node: DictConfig | None) -> list:
@@ -229,6 +244,18 @@ def _without_logger_callbacks(callbacks: list, loggers: list) -> list:
     return [cb for cb in callbacks if not isinstance(cb, pl.callbacks.LearningRateMonitor)]
 
 
+def _init_weights(cfg: DictConfig, module: pl.LightningModule, resuming: bool) -> None:
+    """Loads `model.init_weights` (weights only: fresh optimiser, step 0) unless the run resumes."""
+    init = cfg.model.get(INIT_WEIGHTS_KEY)
+    if not init:
+        return
+    if resuming:
+        log.warning("model.init_weights=%s is ignored: resuming restores the run's own weights", init)
+        return
+    init_from_checkpoint(module, init)
+    log.info("initial weights from %s", init)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fits `cfg.model` on `cfg.data` with `cfg.trainer`, then tests the best checkpoint.
 
@@ -242,9 +269,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out = output_dir(cfg)
     ckpt_path = resolve_ckpt_path(cfg)
     datamodule = instantiate(cfg.data, _recursive_=False)
-    module = instantiate(cfg.model, _recursive_=False)
+    module = instantiate_model(cfg.model)
+    _init_weights(cfg, module, resuming=ckpt_path is not None)
     callbacks = _instantiate_dict(cfg.get("callbacks")) + [ConfigInCheckpoint(cfg)]
     trainer = build_trainer(cfg, callbacks, _loggers(cfg, resume_from=ckpt_path))
+    # weights_only=False: resuming reads this run's own last.ckpt, whose loop and callback states Lightning
+    # restores; third-party files never come this way (they are imported, then used as model.init_weights).
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     results = _scalars(trainer.callback_metrics)
     if cfg.get("test_after_fit", True) and not getattr(trainer, "fast_dev_run", False):

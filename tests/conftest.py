@@ -39,3 +39,19 @@ def run_fast_dev_run(project: str, experiment: str, out, overrides=(), precision
 def fast_dev_run():
     """The matrix's second axis: `fast_dev_run(project, experiment, out, overrides, precision) -> metrics`."""
     return run_fast_dev_run
+
+
+def _distinct_like(templates: dict[str, torch.Tensor], scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """Returns, for each name, a tensor of the template's shape and dtype holding `(arange + 1000 k) * scale`
+    (k = the name's position), so that no two tensors are equal and a wrong name mapping shows."""
+    out = {}
+    for k, (name, template) in enumerate(templates.items()):
+        values = torch.arange(template.numel(), dtype=torch.float64).reshape(template.shape) + 1000 * k
+        out[name] = (values * scale).to(template.dtype) if template.is_floating_point() else values.to(template.dtype)
+    return out
+
+
+@pytest.fixture()
+def distinct_like():
+    """The factory `distinct_like(templates, scale=1.0)`: reference-layout weights with distinct values."""
+    return _distinct_like

@@ -18,20 +18,15 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from common.checkpoint import read_checkpoint  # noqa: E402
 from common.errors import DataError  # noqa: E402
 from common.io import load_nifti, save_nifti  # noqa: E402
+from common.weights import load_third_party  # noqa: E402
 from projects.easysr.infer import super_resolve  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "easysr"
 
 
-def _read(path: str) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError as err:
-        raise DataError(path, "file not found") from err
-    except Exception as err:  # torch raises many types for a corrupt file
-        raise DataError(path, f"cannot read weights ({type(err).__name__}: {err})") from err
 
 
 def load_generator(cfg: DictConfig) -> torch.nn.Module:
@@ -41,13 +36,13 @@ def load_generator(cfg: DictConfig) -> torch.nn.Module:
         DataError: neither given, unreadable file, or weights that do not fit the generator.
     """
     if cfg.get("ckpt_path"):
-        ckpt = _read(cfg.ckpt_path)
+        ckpt = read_checkpoint(cfg.ckpt_path)
         gen_cfg = ckpt.get("run_config", {}).get("model", {}).get("generator") or cfg.model.generator
         state = {k.removeprefix("generator."): v for k, v in ckpt.get("state_dict", {}).items()
                  if k.startswith("generator.")}
         source = cfg.ckpt_path
     elif cfg.get("weights"):
-        gen_cfg, state, source = cfg.model.generator, _read(cfg.weights), cfg.weights
+        gen_cfg, state, source = cfg.model.generator, load_third_party(cfg.weights), cfg.weights
     else:
         raise DataError(None, "predict needs ckpt_path=<train.py checkpoint> or weights=<generator state dict>")
     if not isinstance(gen_cfg, DictConfig):

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from common.checkpoint import module_from_checkpoint  # noqa: E402
+from common.checkpoint import instantiate_model, module_from_checkpoint  # noqa: E402
 from common.errors import DataError  # noqa: E402
 from common.io import read_reconstruction, save_json, write_reconstructions  # noqa: E402
 from common.metrics import fastmri_volume_metrics  # noqa: E402
@@ -58,7 +58,7 @@ def build_module(cfg: DictConfig) -> tuple[Any, dict | None]:
             if "no run config" not in str(err):
                 raise
         return module_from_checkpoint(cfg.ckpt_path, cfg.model)[0], None
-    module = instantiate(cfg.model, _recursive_=False)
+    module = instantiate_model(cfg.model)
     if any(p.requires_grad for p in module.net.parameters()):
         raise DataError(None, "eval needs ckpt_path=PATH for a trained model (only model=zero_filled has none)")
     return module, None

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
 from torch import Tensor
 
+from common.checkpoint import instantiate_model
 from common.cli import exit_code_on_data_error
 from common.run import CONF_ROOT
 from projects.rstn.data import PlaneSlices, collate
@@ -53,7 +53,7 @@ def build_module(overrides: Sequence[str]) -> RSTNModule:
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_ROOT / "rstn"), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=demo", *overrides])
-    return instantiate(cfg.model, _recursive_=False)
+    return instantiate_model(cfg.model)
 
 
 def train_modes(module: RSTNModule, batches: list, steps: Sequence[int], every: int = 20) -> list[dict]:

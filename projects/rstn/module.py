@@ -11,10 +11,10 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from common.checkpoint import read_checkpoint
 from common.errors import DataError
 from common.metrics import SegmentationVolumeMetric
 from common.module import ConfiguredModule
+from common.weights import load_third_party, require_keys
 from projects.rstn.data import SliceSample
 from projects.rstn.model import RSTN, crop_box, rstn_loss, sample_margins, stage_losses
 
@@ -22,16 +22,20 @@ MODES = ("S", "I", "J")
 log = logging.getLogger(__name__)
 
 
+RANDOM_TRUNKS = ("both FCN-8s trunks start from random (Kaiming) weights: no model.vgg16_weights (a local "
+                 "torchvision VGG16 file) or model.init_weights was given, while the reference starts from "
+                 "PASCAL FCN-8s weights; expect slower training and lower Dice than the paper")
+
+
 def load_vgg16_file(path: str | Path) -> dict[str, Tensor]:
-    """Returns a torchvision-style VGG16 state dict read from a local file (never downloaded).
+    """Returns a torchvision-style VGG16 state dict (`features.N.*`, `classifier.N.*`) read from a local file
+    with `weights_only=True` (never downloaded; `state_dict` wrappers and DataParallel's `module.` removed).
 
     Raises:
-        DataError: the file is missing or is not a state dict.
+        DataError: the file is missing, unreadable, refused, or has no VGG16 `features` / `classifier` weights.
     """
-    state = read_checkpoint(path)
-    state = state.get("state_dict", state)
-    if "features.0.weight" not in state:
-        raise DataError(path, "not a torchvision VGG16 state dict (no 'features.0.weight')")
+    state = load_third_party(path)
+    require_keys(state, ["features.0.", "classifier.0.", "classifier.3."], path, "a torchvision VGG16 state dict")
     return state
 
 
@@ -64,11 +68,23 @@ class RSTNModule(ConfiguredModule):
         super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, **kwargs)
         self.net: RSTN
         if vgg16_weights:
-            self.net.load_vgg16(load_vgg16_file(vgg16_weights))
+            try:
+                self.net.load_vgg16(load_vgg16_file(vgg16_weights))
+            except KeyError as err:
+                raise DataError(vgg16_weights, f"does not fit the FCN trunks: no tensor {err}") from err
+            except ValueError as err:  # e.g. a width other than the network's
+                raise DataError(vgg16_weights, f"does not fit the FCN trunks: {err}") from err
         self.mode = mode
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.metrics = torch.nn.ModuleDict({k: SegmentationVolumeMetric(empty_score=0.0) for k in ("coarse", "fine")})
+
+    def setup(self, stage: str) -> None:
+        """Warns once, before fitting, when the trunks start from random weights (see `RANDOM_TRUNKS`)."""
+        resuming = getattr(self._trainer, "ckpt_path", None) is not None
+        initialised = self.hparams.get("vgg16_weights") or getattr(self, "initialised_from", None)
+        if stage == "fit" and not initialised and not resuming:
+            log.warning("RSTN: %s", RANDOM_TRUNKS)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Returns the four groups: coarse W (x1), coarse b (x2, no decay), saliency+fine W (x10), b (x20)."""

@@ -60,11 +60,7 @@ def load_weights(net: SAINT, path: str | Path, parts: str = "all") -> SAINT:
 
 def read_run_config(path: str | Path) -> dict | None:
     """Returns the run config stored in a Lightning checkpoint of this project, or None (plain state dict)."""
-    try:
-        ckpt = torch.load(Path(path), map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a corrupt file
-        raise DataError(path, f"cannot read checkpoint ({type(err).__name__}: {err})") from err
-    return ckpt.get("run_config") if isinstance(ckpt, dict) else None
+    return read_checkpoint(path).get("run_config")
 
 
 def has_trained_rfn(run_config: dict | None) -> bool:
@@ -82,10 +78,12 @@ def load_saint(path: str | Path, default_net: dict | None = None) -> tuple[SAINT
     """Returns the network stored in `path` (eval mode) and whether its RFN is trained.
 
     The architecture comes from the checkpoint's run config; a plain state dict uses `default_net` (keyword
-    arguments of `SAINT`, `_target_` allowed) or the paper's configuration.
+    arguments of `SAINT`, `_target_` allowed) or the paper's configuration. A checkpoint imported from the
+    reference's combined file (`import_weights.py`, it records `imported_from`) counts as that file: RFN trained.
     """
-    run_config = read_run_config(path)
+    ckpt = read_checkpoint(path)
+    run_config = ckpt.get("run_config")
     net_cfg = dict(run_config["model"]["net"]) if run_config else dict(default_net or {})
     net_cfg.pop("_target_", None)
     net = load_weights(SAINT(**net_cfg), path, "all").eval()
-    return net, has_trained_rfn(run_config)
+    return net, bool(ckpt.get("imported_from")) or has_trained_rfn(run_config)

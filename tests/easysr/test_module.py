@@ -8,9 +8,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
+from common.checkpoint import instantiate_model
 from common.run import CONF_ROOT, train
 from projects.easysr.data import SRSample
 
@@ -27,7 +27,7 @@ def _compose(name: str, overrides: list[str]):
 def test_experiment_composes(experiment):
     cfg = _compose("train", [f"experiment={experiment}", "paths.output_dir=/tmp/unused"])
     assert cfg.experiment_name == experiment
-    module = instantiate(cfg.model, _recursive_=False)
+    module = instantiate_model(cfg.model)
     assert sum(p.numel() for p in module.generator.parameters()) == 143_585
     if experiment == "reference":
         assert cfg.model.adversarial_weight == 0 and cfg.model.discriminator.head == "linear"
@@ -56,7 +56,7 @@ def test_experiment_fast_dev_run(experiment, raw32, tmp_path):
 def _module(**kwargs):
     cfg = _compose("train", ["paths.output_dir=/tmp/unused",
                              *[f"model.{k}={v}" for k, v in kwargs.items()]])
-    return instantiate(cfg.model, _recursive_=False)
+    return instantiate_model(cfg.model)
 
 
 def _loader(n: int, lr_shape=(32, 12, 32)) -> DataLoader:

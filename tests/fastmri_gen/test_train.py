@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
+from common.checkpoint import instantiate_model
 from common.run import CONF_ROOT, REPO_ROOT, train
 from projects.fastmri_gen.eval import evaluate
 
@@ -49,7 +50,7 @@ def test_every_experiment_composes(experiment):
 @pytest.mark.parametrize("model", ["baseline", "generative"])
 def test_reference_params_match_the_reference_build(model):
     cfg = compose_cfg(["experiment=knee_reference", f"model={model}", "paths.output_dir=/tmp/unused"])
-    module = instantiate(cfg.model, _recursive_=False)
+    module = instantiate_model(cfg.model)
     live = {name: sum(p.numel() for p in getattr(module, name).parameters()) for name in cfg.reference_params}
     assert live == dict(cfg.reference_params)
     if model == "generative":
@@ -88,7 +89,7 @@ def test_eval_writes_fastmri_layout_and_matches_official_and_module_metrics(fast
         for key, value in scores.items():
             assert official["cases"][case][key] == pytest.approx(value, rel=1e-9, abs=1e-12)
     # the DDP-safe volume metric of the LightningModule gives the same numbers
-    module = instantiate(cfg.model, _recursive_=False)
+    module = instantiate_model(cfg.model)
     datamodule = instantiate(cfg.data, _recursive_=False, val_accelerations=[4])
     tested = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                         default_root_dir=tmp_path).test(module, datamodule=datamodule)

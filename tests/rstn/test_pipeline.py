@@ -11,9 +11,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from common.checkpoint import instantiate_model
 from common.io.cache import VolumeCache
 from common.run import CONF_ROOT
 from projects.rstn.eval import evaluate_rstn
@@ -64,7 +64,7 @@ def test_mode_schedule_and_j_decay() -> None:
 def test_mode_s_restart_rule(tmp_path) -> None:
     """The Caffe check: a mode S whose loss stays high goes back to the initial weights and runs again."""
     cfg = _compose("train", ["experiment=demo", f"paths.output_dir={tmp_path}"])
-    module = instantiate(cfg.model, _recursive_=False)
+    module = instantiate_model(cfg.model)
     schedule = ModeSchedule(1, 1, 2, s_restart={"window": 2, "fraction": 0.5, "max_restarts": 1})
     optimizer = module.configure_optimizers()
     trainer = SimpleNamespace(current_epoch=0, optimizers=[optimizer], fit_loop=SimpleNamespace(max_epochs=4))
@@ -93,7 +93,7 @@ def test_mode_s_restart_rule(tmp_path) -> None:
 
 def test_four_learning_rate_groups(tmp_path) -> None:
     cfg = _compose("train", ["experiment=nih_pancreas", f"paths.output_dir={tmp_path}", "model.net.width=0.0625"])
-    module = instantiate(cfg.model, _recursive_=False)
+    module = instantiate_model(cfg.model)
     groups = module.param_groups()
     lr = cfg.model.optimizer.lr
     assert [g["lr"] for g in groups] == pytest.approx([lr, 2 * lr, 10 * lr, 20 * lr])

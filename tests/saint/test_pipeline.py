@@ -44,11 +44,11 @@ def test_paper_experiments_keep_the_paper_network() -> None:
     assert (net["g0"], net["n_rdb"], net["n_layers"], net["growth"], net["skip"]) == (64, 6, 8, 32, "none")
     assert cfg.model.optimizer.lr == 1e-4 and list(cfg.data.factors) == [4, 6] and cfg.data.patch_lr == 10
     assert dict(cfg.reference_params) == {"msr": 2_787_712, "rfn": 371_105}
-    module = SaintModule(**{k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "_target_"})
+    module = SaintModule(**{k: v for k, v in OmegaConf.to_container(cfg.model).items() if k not in ("_target_", "init_weights")})
     assert module.network_parameter_counts() == {"msr": 2_787_712, "rfn": 371_105}
     assert module.count_parameters()["net"] == 2_787_712  # stage 1 trains the MSR only
     rfn_cfg = compose_saint("train", ["experiment=msd_rfn", "model.msr_ckpt=unused.ckpt"])
-    stage2 = SaintModule(**{k: v for k, v in OmegaConf.to_container(rfn_cfg.model).items() if k != "_target_"})
+    stage2 = SaintModule(**{k: v for k, v in OmegaConf.to_container(rfn_cfg.model).items() if k not in ("_target_", "init_weights")})
     assert stage2.count_parameters()["net"] == 371_105  # stage 2 trains the RFN only
 
 

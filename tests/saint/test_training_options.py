@@ -26,7 +26,7 @@ def compose_model(experiment: str, overrides: list[str] = ()) -> dict:
 
 
 def module_from(model_cfg: dict, **net: object) -> SaintModule:
-    model_cfg = {k: v for k, v in model_cfg.items() if k != "_target_"}
+    model_cfg = {k: v for k, v in model_cfg.items() if k not in ("_target_", "init_weights")}
     model_cfg["net"] = {**model_cfg["net"], **net}
     return SaintModule(**model_cfg)
 

@@ -148,16 +148,32 @@ def test_follow_up_scans_stay_with_their_subject() -> None:
     assert any({"c0010s0005t01", "c0010s0005t02"} <= set(f) for f in folds)
 
 
-def test_six_folds_cover_the_paper_scans_disjointly() -> None:
+def test_six_folds_are_the_reference_lists() -> None:
     folds = load_split("atlas_6fold")["folds"]
     paper = load_split("atlas_traintest")
-    assert len(folds) == 6 and sorted(sum(folds, [])) == sorted(paper["train"] + paper["test"])
+    assert [len(f) for f in folds] == [39, 40, 40, 40, 40, 40]
+    assert sorted(sum(folds, [])) == sorted(paper["train"] + paper["test"])  # disjoint, and cover the 239 scans
+    # ids as the reference's data_split/atlas/6fold/validation/scans/val_scans-{1..6}.txt place them
+    placed = {"c0011s0007t01": 0, "c0005s0031t01": 0, "c0003s0008t01": 1, "c0010s0005t02": 1,
+              "c0010s0005t01": 2, "c0005s0048t01": 2, "c0010s0043t01": 3, "c0004s0031t01": 4, "c0003s0030t01": 5}
+    assert {scan: next(i for i, f in enumerate(folds) if scan in f) for scan in placed} == placed
+    # the reference separates 9 follow-ups from their baseline scan; the split keeps them as published
     subjects = [{subject_of(s) for s in f} for f in folds]
-    assert all(not subjects[i] & subjects[j] for i in range(6) for j in range(i + 1, 6))
+    assert len({s for i in range(6) for j in range(i + 1, 6) for s in subjects[i] & subjects[j]}) == 9
     sets = resolve_split("atlas_6fold", fold=2)
     assert sets["test"] == sorted(folds[2])
+    assert sorted(sets["train"] + sets["val"]) == sorted(s for i, f in enumerate(folds) if i != 2 for s in f)
     with pytest.raises(DataError, match="data.fold"):
         resolve_split("atlas_6fold", fold=None)
+
+
+def test_a_subject_disjoint_split_still_refuses_shared_subjects(tmp_path) -> None:
+    (tmp_path / "s.json").write_text('{"folds": [["c0010s0005t01"], ["c0010s0005t02", "c0003s0001t01"]]}')
+    with pytest.raises(DataError, match=r"subjects in both train and test: \['c0010s0005'\]"):
+        resolve_split(tmp_path / "s.json", fold=0, val_fraction=0.0)
+    (tmp_path / "s.json").write_text('{"subject_disjoint": false, "folds": [["c0010s0005t01"], '
+                                     '["c0010s0005t02", "c0003s0001t01"]]}')
+    assert resolve_split(tmp_path / "s.json", fold=0, val_fraction=0.0)["test"] == ["c0010s0005t01"]
 
 
 def test_datamodule_loaders_on_the_fixture(atlas_fixture: dict) -> None:
