@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,13 @@ from projects.fastmri_gen.model import (
     to_three_channels,
 )
 from projects.fastmri_gen.transforms import fft2c, ifft2c
+
+log = logging.getLogger(__name__)
+
+RANDOM_TRUNKS_WARNING = (
+    "model.proxy.weights is null: the texture proxy and the z-encoder start from RANDOM MobileNetV2 weights "
+    "(the reference uses ImageNet weights); pass a local torchvision mobilenet_v2 state dict with "
+    "model.proxy.weights=PATH (unless model.init_weights supplies both trunks)")
 
 # Module-side switches of the reference behaviour (True = as the reference code does it); see README.
 MODULE_FIDELITY = {
@@ -145,6 +153,10 @@ class ReconstructionModule(pl.LightningModule):
         self.metric_keys = [f"x{int(a)}" for a in accelerations]
         self.metrics = nn.ModuleDict({k: ReconstructionVolumeMetric(psnr_range="ref_max")
                                       for k in ["all", *self.metric_keys]})
+
+    def on_fit_start(self) -> None:
+        if self.generative and not self.proxy_cfg["weights"] and getattr(self._trainer, "is_global_zero", True):
+            log.warning(RANDOM_TRUNKS_WARNING)
 
     # ------------------------------------------------------------------------------------ forward
 
