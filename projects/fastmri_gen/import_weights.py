@@ -17,7 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 
@@ -160,3 +162,59 @@ def _check_kind(state: Mapping[str, torch.Tensor], generative: bool, source: str
     if generative and not holds_generative:
         raise DataError(source, "this file holds the baseline (no z_encoder.*, w_encoder.*): import it with "
                                 f"--experiment {EXPERIMENTS[0]}")
+
+
+def _fresh_module(experiment: str) -> torch.nn.Module:
+    """Return the experiment's LightningModule, initialised with seed 0 (the parts the authors' files lack)."""
+    from common.checkpoint import instantiate_model
+    from common.model_card import compose_experiment
+
+    torch.manual_seed(0)
+    return instantiate_model(compose_experiment("fastmri_gen", experiment).model)
+
+
+def convert(sources: list[Path], experiment: str) -> dict[str, torch.Tensor]:
+    """Return the LightningModule state dict of `experiment` holding the authors' generator.
+
+    Args:
+        sources: the authors' checkpoint and, optionally, a MobileNetV2 state dict in torchvision's layout for
+            the generative model's frozen texture proxy (in either order).
+        experiment: `knee_reference` (baseline) or `knee_reference_generative`.
+
+    Raises:
+        DataError: more than two files, no authors' file, a file that does not fit, or a MobileNetV2 file for
+            the baseline (which has no proxy).
+    """
+    from common.weights import load_third_party
+
+    from projects.fastmri_gen.mobilenet import load_trunk_weights
+
+    if not 1 <= len(sources) <= 2:
+        raise DataError(None, f"expected the authors' checkpoint and at most one MobileNetV2 file, got {len(sources)}")
+    states = {path: load_third_party(path) for path in sources}
+    authors = [p for p, s in states.items() if any(k.startswith(REFERENCE_BLOCK) for k in s)] or sources[:1]
+    trunks = [p for p in sources if p not in authors]
+    if len(authors) > 1:
+        raise DataError(authors[1], f"two stylish-fastmri checkpoints given ({authors[0]} and this one): import one")
+    module = _fresh_module(experiment)
+    if trunks and getattr(module, "proxy", None) is None:
+        raise DataError(trunks[0], f"experiment {experiment} has no texture proxy: this file would not be used")
+    if trunks:
+        load_trunk_weights(module.proxy.trunk, trunks[0])
+    elif getattr(module, "proxy", None) is not None:
+        log.warning("no MobileNetV2 file given: the texture proxy in the checkpoint is random (the reference's "
+                    "is ImageNet); it matters only for fine-tuning")
+    log.info("the authors' files hold no discriminator: a freshly initialised one (seed 0) is stored")
+    net = reference_to_ours(states[authors[0]], module.net.state_dict(), authors[0])
+    return {**module.state_dict(), **{f"net.{key}": value for key, value in net.items()}}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line (see the module docstring); returns the exit code."""
+    from common.weights import import_main
+
+    return import_main("fastmri_gen", convert, EXPERIMENTS[0], __doc__ or "", argv, experiments=EXPERIMENTS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

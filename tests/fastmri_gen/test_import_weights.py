@@ -55,19 +55,19 @@ class ReferenceState:
         self.bn(f"{name}.{first + 4}", channels)
 
 
-def reference_unet(ref: ReferenceState, prefix: str, generative: bool) -> None:
+def reference_unet(ref: ReferenceState, prefix: str, generative: bool, low: int = MIN, high: int = MAX) -> None:
     """The reference `DataConsistedStylishUNet(num_classes=2)`: encoders appended, decoders inserted at 0."""
-    ref.add(f"{prefix}init_block.weight", MIN, 2, 1, 1)
-    ref.add(f"{prefix}init_block.bias", MIN)
+    ref.add(f"{prefix}init_block.weight", low, 2, 1, 1)
+    ref.add(f"{prefix}init_block.bias", low)
     decoders, ups, dec_noise, widths = [], [], [], []
-    out = MIN
+    out = low
     for b in range(1, 5):
-        inp, out = (MIN if b == 1 else out), MAX // 2 ** (4 - b)
+        inp, out = (low if b == 1 else out), high // 2 ** (4 - b)
         widths.append(inp)
         ref.block(f"{prefix}encoder_blocks.{b - 1}", inp)
         ref.sn_conv(f"{prefix}encoder_down_blocks.{b - 1}.1", out, inp, 1, bias=True)
         ref.add(f"{prefix}soft_thresholders.{b - 1}.lambd", 1)
-        decoders.insert(0, (out, None if out == MAX else 2 * out))
+        decoders.insert(0, (out, None if out == high else 2 * out))
         ups.insert(0, (out, inp))
         dec_noise.insert(0, out)
     for i, (channels, fused) in enumerate(decoders):
@@ -75,20 +75,20 @@ def reference_unet(ref: ReferenceState, prefix: str, generative: bool) -> None:
     for i, (inp, out) in enumerate(ups):
         ref.add(f"{prefix}decoder_up_blocks.{i}.weight", inp, out, 3, 3)
         ref.add(f"{prefix}decoder_up_blocks.{i}.bias", out)
-    ref.block(f"{prefix}final_block", MIN, 2 * MIN)
-    ref.add(f"{prefix}conv_out.weight", 1, MIN, 1, 1)
+    ref.block(f"{prefix}final_block", low, 2 * low)
+    ref.add(f"{prefix}conv_out.weight", 1, low, 1, 1)
     ref.add(f"{prefix}conv_out.bias", 1)
     if generative:
-        for kind, channels in (("encoder", widths), ("decoder", [*dec_noise, MIN])):
+        for kind, channels in (("encoder", widths), ("decoder", [*dec_noise, low])):
             for i, c in enumerate(channels):
                 ref.add(f"{prefix}{kind}_noise_applier_blocks.{i}.scale", c)
                 ref.sn_linear(f"{prefix}{kind}_adain_blocks.{i}.gamma", c, STYLE)
                 ref.sn_linear(f"{prefix}{kind}_adain_blocks.{i}.beta", c, STYLE)
 
 
-def reference_state(generative: bool) -> dict[str, torch.Tensor]:
+def reference_state(generative: bool, low: int = MIN, high: int = MAX) -> dict[str, torch.Tensor]:
     ref = ReferenceState()
-    reference_unet(ref, "rec_blocks.0.", generative)
+    reference_unet(ref, "rec_blocks.0.", generative, low, high)
     if generative:
         for key, value in MobileNetV2Features().state_dict().items():  # torchvision's `features` layout
             ref.add(f"z_encoder.{key}", *value.shape)
@@ -172,3 +172,4 @@ def test_files_that_do_not_fit_give_one_clear_error():
                        "max_channels": MAX, "output_dc": "learned"}, fidelity_flags({"dc_reference": False}))
     with pytest.raises(DataError, match="dc_weight.*reference-mode experiment"):
         reference_to_ours(baseline, fixed.state_dict(), "f.pth")
+
