@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 LEAK = 0.01
+DRAW_SOURCES = ("torch", "numpy")
+
+
+def fixed_normal(shape: tuple[int, ...], source: str, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Return the fixed N(0, 1) draw of `shape` used at evaluation: the same values on every call.
+
+    Args:
+        shape: output shape.
+        source: "torch" (a torch generator seeded 0) or "numpy" (`np.random.RandomState(0).randn`, the
+            reference's draw, in float64 then cast).
+        device / dtype: of the output.
+
+    Returns:
+        `shape` tensor.
+    """
+    if source == "numpy":
+        return torch.from_numpy(np.random.RandomState(0).randn(*shape)).to(device=device, dtype=dtype)
+    if source != "torch":
+        raise ValueError(f"draw source must be one of {DRAW_SOURCES}, got {source!r}")
+    generator = torch.Generator(device=device).manual_seed(0)
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
 def spectral(module: nn.Module, enabled: bool = True) -> nn.Module:
@@ -53,28 +76,32 @@ class SoftThreshold(nn.Module):
 class NoiseInjection(nn.Module):
     """Adds one N(0, 1) map `[B, 1, H, W]` scaled per channel (scale initialised N(0, 1), or 0).
 
-    In eval mode the map comes from a generator seeded with 0 on every call, so inference is
-    deterministic; `enabled=False` turns the layer into the identity (the parameter stays, so
-    checkpoints keep their shape).
+    In eval mode, or whenever `fixed_draws` is set (the reference validates in train mode with fixed
+    draws), the map is `fixed_normal` of its shape, so inference is deterministic; `enabled=False` turns
+    the layer into the identity (the parameter stays, so checkpoints keep their shape).
+
+    Args:
+        channels: feature channels C.
+        init: scale initialisation, "normal" or "zero".
+        draw_source: source of the fixed maps, "torch" or "numpy" (the reference's RandomState(0)).
     """
 
-    def __init__(self, channels: int, init: str = "normal") -> None:
+    def __init__(self, channels: int, init: str = "normal", draw_source: str = "torch") -> None:
         super().__init__()
         if init not in ("normal", "zero"):
             raise ValueError(f"noise scale init must be 'normal' or 'zero', got {init!r}")
         scale = torch.randn(1, channels, 1, 1) if init == "normal" else torch.zeros(1, channels, 1, 1)
         self.scale = nn.Parameter(scale)
-        self.enabled = True
+        self.enabled, self.fixed_draws, self.draw_source = True, False, draw_source
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x
         shape = (x.shape[0], 1, *x.shape[2:])
-        if self.training:
+        if self.training and not self.fixed_draws:
             noise = torch.randn(shape, device=x.device, dtype=x.dtype)
         else:
-            generator = torch.Generator(device=x.device).manual_seed(0)
-            noise = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+            noise = fixed_normal(shape, self.draw_source, x.device, x.dtype)
         return x + self.scale.to(x.dtype) * noise
 
 

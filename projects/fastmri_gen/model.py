@@ -10,16 +10,40 @@ Module names (the state-dict prefixes):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from projects.fastmri_gen.layers import Block, FuseBlock, SoftThreshold, StyledStage, spectral
+from projects.fastmri_gen.layers import (
+    Block,
+    FuseBlock,
+    NoiseInjection,
+    SoftThreshold,
+    StyledStage,
+    fixed_normal,
+    spectral,
+)
 from projects.fastmri_gen.mobilenet import FEATURE_CHANNELS, MobileNetV2Features, imagenet_normalise
 from projects.fastmri_gen.transforms import fft2c, ifft2c
 
 STYLE_DIM = FEATURE_CHANNELS // 4  # 320: the trunk's 1280 channels averaged in groups of 4
 PHASE_EPS = 1e-3  # in normalised units (about 1e-3 of the image's standard deviation): phase of near-zero pixels
+
+
+def nearest_multiple(size: int, multiple: int) -> int:
+    """Return the multiple of `multiple` nearest to `size`, the larger one at a tie (the reference's rule).
+
+    68 -> 64, 72 -> 80 and 76 -> 80 for 16. Sizes below `multiple / 2`, which the reference would round to
+    0, give `multiple`.
+    """
+    lower = size - size % multiple
+    if lower == size:
+        return size
+    upper = lower + multiple
+    return lower if lower > 0 and size - lower < upper - size else upper
 
 
 class StylishUNet(nn.Module):
@@ -33,7 +57,8 @@ class StylishUNet(nn.Module):
         dropout: Dropout2d rate of the fusion layers.
         style_dim: texture vector length; None builds the baseline without noise or modulation.
         modulation: "reference" or "per_channel" (see `StyleModulation`).
-        size_fit: "resize" (bilinear resize to a multiple of 2**depth and back) or "pad" (zero padding).
+        size_fit: "resize" (bilinear resize to the nearest multiple of 2**depth and back, as the reference)
+            or "pad" (zero padding up to the next multiple).
         output: "hardsigmoid" (range [0, 1]) or "linear".
         spectral_norm: spectral normalisation of the 3x3 and down-sampling convolutions.
         threshold_init: initial soft threshold of the skips (1.0 in the reference; with unit-variance
@@ -77,7 +102,10 @@ class StylishUNet(nn.Module):
     def _fit(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         multiple = 2**self.depth
         height, width = x.shape[-2:]
-        target = (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
+        if self.size_fit == "resize":
+            target = (nearest_multiple(height, multiple), nearest_multiple(width, multiple))
+        else:
+            target = (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
         if target == (height, width):
             return x, ()
         if self.size_fit == "resize":
@@ -123,11 +151,13 @@ class StylishUNet(nn.Module):
 
 def reference_data_consistency(image: torch.Tensor, known_freq: torch.Tensor,
                                mask_image: torch.Tensor) -> torch.Tensor:
-    """Return the reference's "soft data-consistency" channel `Re{IFFT(M |FFT(x)| - M known_freq)}`.
+    """Return the reference's "soft data-consistency" channel, per sample.
 
-    Kept for the reference-faithful mode: an un-normalised FFT of the magnitude image and
-    `fftshift` over every dimension (batch and channel included), so the measured values, on another
-    scale, barely enter.
+    `DC = Re fftshift(IFFT(ifftshift(M S - M known)))` with `S = ifftshift(|FFT(x)|)`: the un-normalised FFT of
+    the magnitude image, so the measured values, on another scale, barely enter. The reference shifts over every
+    dimension, but each shift of the batch and channel dimensions is undone by the inverse shift that follows
+    it, so shifting the two image dimensions only gives the same values without mixing samples; the final
+    `fftshift` re-centres the image.
 
     Args:
         image: magnitude image `[B, 1, H, W]` (zero-one normalised).
@@ -137,9 +167,11 @@ def reference_data_consistency(image: torch.Tensor, known_freq: torch.Tensor,
     Returns:
         float32 `[B, 1, H, W]`.
     """
-    spectrum = torch.fft.fftshift(torch.fft.fft2(image.float()))
-    difference = mask_image * spectrum.abs() - mask_image * known_freq
-    return torch.fft.ifft2(torch.fft.ifftshift(difference)).real
+    spatial = (-2, -1)
+    # the reference shifts the image before its FFT; a circular shift changes only the phase, which |.| drops
+    spectrum = torch.fft.ifftshift(torch.fft.fft2(image.float()).abs(), dim=spatial)
+    difference = mask_image * spectrum - mask_image * known_freq
+    return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(difference, dim=spatial)), dim=spatial).real
 
 
 def measured_residual(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor,
@@ -257,6 +289,23 @@ class StylishReconstructor(nn.Module):
         return as_channels(estimate - weight * measured_residual(estimate, kspace, mask, widths))
 
 
+@contextmanager
+def fixed_draws(net: nn.Module) -> Iterator[None]:
+    """Within the block the latent and the noise maps take their fixed evaluation draws, even in train mode.
+
+    The reference validates in train mode (dropout, batch statistics) yet with fixed draws.
+    """
+    modules = [m for m in net.modules() if hasattr(m, "fixed_draws")]
+    previous = [m.fixed_draws for m in modules]
+    for module in modules:
+        module.fixed_draws = True
+    try:
+        yield
+    finally:
+        for module, value in zip(modules, previous):
+            module.fixed_draws = value
+
+
 def pooled_texture(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Return `[B, gh*gw, 320]`: trunk features average-pooled to the grid, channels averaged in fours."""
     pooled = F.adaptive_avg_pool2d(features.float(), grid).flatten(2).transpose(1, 2)
@@ -326,34 +375,34 @@ class StylishGenerator(nn.Module):
         attention_dim: query/key width of the attention mode.
         noise: enable the noise inputs.
         imagenet_norm: ImageNet-normalise the encoder input (the reference does not).
-        test_latent: at eval, "mean" uses z = mu; "fixed_noise" draws eps from a generator seeded 0
+        test_latent: at eval, "mean" uses z = mu; "fixed_noise" uses z = mu + eps sigma with a fixed eps
             (the reference).
+        draw_source: where the fixed eps and noise maps come from, "torch" (a generator seeded 0) or "numpy"
+            (`RandomState(0)`, as the reference draws them).
         **reconstructor: keyword arguments of `StylishReconstructor` (modulation, channels, ...).
     """
 
     def __init__(self, texture_mode: str = "global", texture_vectors: int = 4, spatial_grid: int = 8,
                  noise: bool = True, imagenet_norm: bool = False, test_latent: str = "mean",
-                 attention_dim: int = 32, **reconstructor: object) -> None:
+                 attention_dim: int = 32, draw_source: str = "torch", **reconstructor: object) -> None:
         super().__init__()
         self.grid = texture_grid(texture_mode, texture_vectors, spatial_grid)
         self.imagenet_norm, self.test_latent = imagenet_norm, test_latent
+        self.draw_source, self.fixed_draws = draw_source, False
         attention = int(attention_dim) if texture_mode == "attention" else 0
         self.unet = StylishReconstructor(style_dim=STYLE_DIM, attention_dim=attention, **reconstructor)
         self.z_encoder = ZEncoder()
         self.mapping = MappingNetwork()
         for module in self.unet.modules():
-            if hasattr(module, "enabled"):
-                module.enabled = noise
+            if isinstance(module, NoiseInjection):
+                module.enabled, module.draw_source = noise, draw_source
 
     def latent(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """Return z: reparameterised sample in training, `mu` or a fixed-seed sample at eval."""
-        if not self.training and self.test_latent == "mean":
+        """Return z: reparameterised sample in training, `mu` or a fixed-eps sample at eval (or fixed draws)."""
+        fixed = not self.training or self.fixed_draws
+        if fixed and self.test_latent == "mean":
             return mu
-        if self.training:
-            eps = torch.randn_like(mu)
-        else:
-            generator = torch.Generator(device=mu.device).manual_seed(0)
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        eps = fixed_normal(tuple(mu.shape), self.draw_source, mu.device, mu.dtype) if fixed else torch.randn_like(mu)
         return mu + eps * torch.exp(0.5 * logvar)
 
     def forward(self, image: torch.Tensor, texture_image: torch.Tensor, **inputs: torch.Tensor) -> tuple:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,21 @@ from common.io import save_json
 from common.metrics import ReconstructionVolumeMetric
 from projects.fastmri_gen.data import Sample
 from projects.fastmri_gen.mobilenet import load_trunk_weights
-from projects.fastmri_gen.model import StylishGenerator, StylishReconstructor, TextureProxy, to_three_channels
+from projects.fastmri_gen.model import (
+    StylishGenerator,
+    StylishReconstructor,
+    TextureProxy,
+    fixed_draws,
+    to_three_channels,
+)
 from projects.fastmri_gen.transforms import fft2c, ifft2c
+
+log = logging.getLogger(__name__)
+
+RANDOM_TRUNKS_WARNING = (
+    "model.proxy.weights is null: the texture proxy and the z-encoder start from RANDOM MobileNetV2 weights "
+    "(the reference uses ImageNet weights); pass a local torchvision mobilenet_v2 state dict with "
+    "model.proxy.weights=PATH (unless model.init_weights supplies both trunks)")
 
 # Module-side switches of the reference behaviour (True = as the reference code does it); see README.
 MODULE_FIDELITY = {
@@ -27,7 +41,7 @@ MODULE_FIDELITY = {
     "train_mode_validation": True,  # 5: validation with dropout / batch statistics active
     "adain_reference": True,  # 9: joint (C, H, W) statistics, / sqrt(std), gamma without +1
     "kl_sum": True,  # 10: KL summed over batch and dimensions
-    "proxy_reference": True,  # 11: proxy in train mode, no ImageNet normalisation, fixed-seed z at test
+    "proxy_reference": True,  # 11: proxy in train mode, no ImageNet normalisation, RandomState(0) z and noise at test
     "single_logit": True,  # 12: patch map averaged to one logit per sample
     # measured causes of slow learning beyond the spec's table (see README)
     "threshold_init_reference": True,  # 14: skip soft thresholds start at 1 (zeroing most skip features), else 0
@@ -69,7 +83,8 @@ def build_net(net: DictConfig | dict, flags: dict[str, bool]) -> nn.Module:
         defaults = stylish_kwargs(flags)
         if issubclass(cls, StylishGenerator):
             defaults.update(imagenet_norm=not flags["proxy_reference"],
-                            test_latent="fixed_noise" if flags["proxy_reference"] else "mean")
+                            test_latent="fixed_noise" if flags["proxy_reference"] else "mean",
+                            draw_source="numpy" if flags["proxy_reference"] else "torch")
         cfg = {**defaults, **{k: v for k, v in cfg.items() if v is not None}}  # null: from the switches
     return instantiate(cfg)
 
@@ -135,6 +150,10 @@ class ReconstructionModule(pl.LightningModule):
         self.metric_keys = [f"x{int(a)}" for a in accelerations]
         self.metrics = nn.ModuleDict({k: ReconstructionVolumeMetric(psnr_range="ref_max")
                                       for k in ["all", *self.metric_keys]})
+
+    def on_fit_start(self) -> None:
+        if self.generative and not self.proxy_cfg["weights"] and getattr(self._trainer, "is_global_zero", True):
+            log.warning(RANDOM_TRUNKS_WARNING)
 
     # ------------------------------------------------------------------------------------ forward
 
@@ -264,7 +283,8 @@ class ReconstructionModule(pl.LightningModule):
         """Return the raw-scale reconstructions `[B, h, w]` (in train mode under defect 5, as the reference)."""
         if self.flags["train_mode_validation"] and self.stylish:
             self.net.train()
-        pred, _ = self(batch)
+        with fixed_draws(self.net):
+            pred, _ = self(batch)
         return self.to_raw(pred, batch)
 
     def _evaluate(self, batch: Sample) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from common.checkpoint import instantiate_model
 from common.run import CONF_ROOT, REPO_ROOT, train
 from projects.fastmri_gen.eval import evaluate
 
-EXPERIMENTS = ["knee_x4", "knee_x8", "knee_x16", "knee_x32", "knee_mixed", "knee_reference", "demo"]
+EXPERIMENTS = ["knee_x4", "knee_x8", "knee_x16", "knee_x32", "knee_mixed", "knee_reference", "demo",
+               "knee_generative_x4", "knee_reference_generative", "knee_unet_x4"]
 
 
 def compose_cfg(overrides: list[str], name: str = "train"):
@@ -36,12 +37,12 @@ def tiny(root, out, *extra: str) -> list[str]:
 def test_every_experiment_composes(experiment):
     cfg = compose_cfg([f"experiment={experiment}", "paths.output_dir=/tmp/unused"])
     assert cfg.experiment_name == experiment
-    reference = experiment == "knee_reference"
+    reference = experiment.startswith("knee_reference")
     assert all(bool(v) == reference for v in cfg.fidelity.values())
     accelerations = list(cfg.data.accelerations)
-    if experiment.startswith("knee_x"):
-        assert accelerations == [int(experiment[6:])]
-    if experiment in ("knee_mixed", "knee_reference"):
+    if "_x" in experiment:
+        assert accelerations == [int(experiment.rpartition("_x")[2])]
+    if experiment in ("knee_mixed", "knee_reference", "knee_reference_generative"):
         assert accelerations == [4, 8, 16, 32]
     if reference:
         assert cfg.data.sample_rate == 0.2 and cfg.trainer.max_epochs == 9
@@ -73,6 +74,17 @@ def test_paper_experiments_fast_dev_run(fastmri_root, tmp_path, experiment, mode
     assert math.isfinite(results["train/loss"]) and math.isfinite(results["val/psnr"])
     if model.startswith("generative"):
         assert math.isfinite(results["train/kl"]) and math.isfinite(results["train/proxy"])
+
+
+@pytest.mark.parametrize("experiment,target", [
+    ("knee_generative_x4", "StylishGenerator"), ("knee_reference_generative", "StylishGenerator"),
+    ("knee_unet_x4", "FastMRIUnet")])
+def test_network_experiments_fast_dev_run_at_paper_width(fastmri_root, tmp_path, experiment, target):
+    cfg = compose_cfg([f"experiment={experiment}", "debug=fdr", "data.sample_rate=1.0", "data.val_sample_rate=1.0",
+                       *tiny(fastmri_root, tmp_path)])
+    assert cfg.model.net._target_.endswith(target)
+    results = train(cfg)
+    assert math.isfinite(results["train/loss"]) and math.isfinite(results["val/psnr"])
 
 
 def test_eval_writes_fastmri_layout_and_matches_official_and_module_metrics(fastmri_root, tmp_path):
