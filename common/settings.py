@@ -71,7 +71,15 @@ class CheckpointSettings:
         """
         if override is None:
             return self.stored(key, default)
-        stored = self.stored(key, None)
+        return self.choose(key, self.stored(key, None), override, flag)
+
+    def choose(self, key: str, stored: Any, override: Any = None, flag: str | None = None) -> Any:
+        """Returns `override` when given (printing one line when it differs from `stored`), else `stored`.
+
+        For settings derived from the run config (e.g. the first of a list), `key` naming where `stored` came from.
+        """
+        if override is None:
+            return stored
         if stored is None or str(stored) != str(override):
             said = "has none" if stored is None else f"has {stored}"
             print(f"note: {flag or key} {override} overrides the checkpoint's {key} ({self.source} {said})",
