@@ -77,3 +77,13 @@ def test_flags_override_the_checkpoint_and_say_so(demo_run: dict, capsys) -> Non
     assert "--threshold 0.999 overrides the checkpoint's eval.threshold" in err and "has 0.5" in err
     _predict(demo_run, "margin20.nii.gz", "--margin", "20")
     assert "--margin 20 overrides the checkpoint's eval.margin" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_folder_is_one_line_and_leaves_nothing(demo_run: dict, tmp_path: Path, capsys) -> None:
+    # Tests run as root, which chmod does not stop: a regular file where the folder should be blocks it instead.
+    (tmp_path / "taken").write_text("")
+    assert main(["--input", str(demo_run["ct"]), "--output", str(tmp_path / "taken" / "mask.nii.gz"),
+                 "--checkpoint", f"Z={demo_run['ckpt']}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'taken'}: cannot create the output folder (") and err.count("\n") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]
