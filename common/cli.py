@@ -1,4 +1,4 @@
-"""Command-line plumbing: bad input becomes one line on stderr and exit code 2; the process is set up for CPU work.
+"""Command-line plumbing: bad input (or an output folder that cannot be written) becomes one line on stderr and exit code 2; the process is set up for CPU work.
 
 Both wrappers call `common.runtime.tune_allocator()` first, so that every project command (train, eval, predict,
 prepare) gets the allocator settings that keep large tensors' memory mapped between batches.
@@ -12,29 +12,45 @@ from collections.abc import Callable
 from typing import Any
 
 from common.errors import DataError
+from common.io.atomic import is_unwritable
 from common.runtime import tune_allocator
 
 
+def _one_line(err: Exception) -> str:
+    """Returns the one-line message of a DataError, or of an OSError on a file the command cannot write."""
+    if isinstance(err, DataError):
+        return f"error: {err}"
+    return f"error: {err.filename}: {err.strerror or err}"  # type: ignore[attr-defined]
+
+
+def _is_bad_input(err: Exception) -> bool:
+    return isinstance(err, DataError) or (is_unwritable(err) and getattr(err, "filename", None) is not None)
+
+
 def exit_on_data_error(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Returns `fn(*args, **kwargs)`; a `DataError` prints `error: <file>: <problem>` and exits with code 2."""
+    """Returns `fn(*args, **kwargs)`; a `DataError` (or an unwritable output path) prints `error: <file>: <problem>` and exits with code 2."""
     tune_allocator()
     try:
         return fn(*args, **kwargs)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (DataError, OSError) as err:
+        if not _is_bad_input(err):
+            raise
+        print(_one_line(err), file=sys.stderr)
         sys.exit(2)
 
 
 def exit_code_on_data_error(main: Callable[..., int]) -> Callable[..., int]:
-    """Decorates a command's `main(argv) -> int`: a `DataError` prints `error: <file>: <problem>` and returns 2."""
+    """Decorates a command's `main(argv) -> int`: a `DataError` (or an unwritable output path) prints `error: <file>: <problem>` and returns 2."""
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> int:
         tune_allocator()
         try:
             return main(*args, **kwargs)
-        except DataError as err:
-            print(f"error: {err}", file=sys.stderr)
+        except (DataError, OSError) as err:
+            if not _is_bad_input(err):
+                raise
+            print(_one_line(err), file=sys.stderr)
             return 2
 
     return wrapper

@@ -7,6 +7,7 @@ file or the complete new one, never a half-written file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -31,6 +32,31 @@ def _real_extension(path: Path) -> str:
     if suffixes[-1].lower() in _COMPRESSED_SUFFIXES and len(suffixes) >= 2:
         return "".join(suffixes[-2:])
     return suffixes[-1]
+
+
+# Errors that mean "this folder cannot take the output", as opposed to a bug in the writer.
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.ENOSPC, errno.EDQUOT}
+
+
+def is_unwritable(err: BaseException) -> bool:
+    """Returns whether `err` says a file or folder cannot be written there (permission, read-only, full, not a dir)."""
+    return isinstance(err, OSError) and (isinstance(err, PermissionError) or err.errno in _UNWRITABLE)
+
+
+def writable_folder(path: str | os.PathLike) -> Path:
+    """Returns `path` as an existing folder, created with its parents when missing.
+
+    Raises:
+        DataError: it cannot be created (a regular file in the way, no permission, read-only file system).
+    """
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        if not is_unwritable(err):
+            raise
+        raise DataError(folder, f"cannot create the output folder ({err.strerror or err})") from err
+    return folder
 
 
 def _remove(path: Path) -> None:
@@ -60,9 +86,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 
     Raises:
         FileNotFoundError: the block finished without writing the temporary file.
+        DataError: the folder cannot take the file (no permission, read-only, full, a file in the way).
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(target.parent)
     ext = _real_extension(target) if suffix is None else suffix
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     tmp = target.parent / f".{target.name}.{token}.tmp{ext}"
@@ -71,8 +98,11 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         if not tmp.exists():
             raise FileNotFoundError(f"{target}: nothing was written to the temporary file {tmp.name}")
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         _remove(tmp)
+        if is_unwritable(err):
+            problem = getattr(err, "strerror", None) or str(err)
+            raise DataError(target.parent, f"cannot write {target.name} in this folder ({problem})") from err
         raise
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import DataError
-from common.io.atomic import save_json, save_npy
+from common.io.atomic import is_unwritable, save_json, save_npy, writable_folder
 
 INDEX_NAME = "index.json"
 _LOCK_NAME = ".index.lock"
@@ -93,8 +93,13 @@ class VolumeCache:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / _LOCK_NAME, "a") as lock:
+        try:
+            lock = open(writable_folder(self.root) / _LOCK_NAME, "a")  # noqa: SIM115 (closed below)
+        except OSError as err:
+            if not is_unwritable(err):
+                raise
+            raise DataError(self.root, f"cannot write the cache here ({err.strerror or err})") from err
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield

@@ -8,7 +8,11 @@ affine maps `(i, j, k, 1)` to RAS millimetres (DICOM's LPS with x and y negated)
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +27,15 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
 _DIRECTION_ATOL = 1e-4
 _SPACING_ATOL_MM = 1e-3
+# Enhanced (multi-frame) image storage: one file holds a whole stack, its geometry in per-frame sequences.
+_ENHANCED_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.3": "Enhanced MR Color Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.130": "Enhanced PET Image Storage",
+}
 
 
 @dataclass
@@ -37,19 +50,49 @@ class _Slice:
     description: str
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silences pydicom's warnings and log lines while probing files that may not be DICOM at all."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _read_header(path: Path) -> pydicom.Dataset | None:
     """Return the header of a DICOM file, or None for a file that is not DICOM."""
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except InvalidDicomError:
-        pass  # maybe a file without the 128-byte preamble: try once more without the check
-    except Exception:  # noqa: BLE001 - an unreadable non-DICOM file is simply not part of a series
-        return None
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except Exception:  # noqa: BLE001 - same as above
-        return None
-    return ds if "SeriesInstanceUID" in ds and "ImagePositionPatient" in ds else None
+    with _quiet():
+        try:
+            return pydicom.dcmread(path, stop_before_pixels=True)
+        except InvalidDicomError:
+            pass  # maybe a file without the 128-byte preamble: try once more without the check
+        except Exception:  # noqa: BLE001 - an unreadable non-DICOM file is simply not part of a series
+            return None
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        except Exception:  # noqa: BLE001 - same as above
+            return None
+    return ds if "SOPClassUID" in ds or ("SeriesInstanceUID" in ds and "ImagePositionPatient" in ds) else None
+
+
+def _unsupported(ds: pydicom.Dataset) -> str | None:
+    """Returns why an image file cannot be read as one slice of a series, or None when it can."""
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if "MOSAIC" in image_type:
+        return "not supported: Siemens MOSAIC (several slices tiled in one image); convert it with dcm2niix first"
+    sop_class = str(ds.get("SOPClassUID", ""))
+    frames = ds.get("NumberOfFrames")
+    if sop_class in _ENHANCED_SOP_CLASSES or (frames is not None and int(frames) > 1):
+        kind = _ENHANCED_SOP_CLASSES.get(sop_class, f"{frames} frames in one file")
+        return f"not supported: enhanced multi-frame DICOM ({kind}); convert it with dcm2niix first"
+    if "SeriesInstanceUID" not in ds and "Rows" in ds:
+        return "no SeriesInstanceUID: the image cannot be assigned to a series"
+    return None
 
 
 def _as_slice(path: Path, ds: pydicom.Dataset) -> _Slice | None:
@@ -88,6 +131,9 @@ def _scan_folder(folder: Path) -> tuple[dict[str, list[_Slice]], int]:
             ds = _read_header(path)
             if ds is None:
                 continue
+            reason = _unsupported(ds)
+            if reason is not None:
+                raise DataError(path, reason)
             entry = _as_slice(path, ds)
             if entry is None:
                 without_geometry += 1

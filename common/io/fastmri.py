@@ -419,10 +419,22 @@ def read_reconstruction(path: str | os.PathLike, key: str = "reconstruction") ->
     """Return dataset `key` of a reconstruction file as float32 `[S, h, w]`.
 
     Raises:
-        DataError: missing or unreadable file, or no dataset `key`.
+        DataError: missing or unreadable file, no dataset `key`, a dtype that is not real (complex k-space or
+            image data instead of a magnitude image), or NaN / infinite values (naming the first such slice).
     """
     path = Path(path)
     with _open_h5(path) as f:
         if key not in f:
             raise DataError(path, f"no dataset {key!r} (has {sorted(f.keys())})")
-        return np.asarray(f[key], dtype=np.float32)
+        dtype = f[key].dtype
+        if dtype.kind not in "fiu":
+            what = "complex" if dtype.kind == "c" else "non-numeric"
+            raise DataError(path, f"dataset {key!r} has {what} dtype {dtype}; a reconstruction is a real "
+                                  "(magnitude) image")
+        volume = np.asarray(f[key], dtype=np.float32)
+    bad = ~np.isfinite(volume)
+    if bad.any():
+        first = np.argwhere(bad)[0]
+        raise DataError(path, f"dataset {key!r} has {int(bad.sum())} NaN / infinite value(s), the first at "
+                              f"index {tuple(int(i) for i in first)} (slice {int(first[0])})")
+    return volume

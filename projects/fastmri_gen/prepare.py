@@ -128,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.synthetic:
         write_synthetic_tree(args.data_dir)
+    if not args.data_dir.is_dir():
+        raise DataError(args.data_dir, "data folder not found")
+    if not any((args.data_dir / split).is_dir() for split in args.splits):
+        raise DataError(args.data_dir, f"none of the split folders {args.splits} is here")
     for split in args.splits:
         folder = args.data_dir / split
         if not folder.is_dir():

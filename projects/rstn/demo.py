@@ -28,7 +28,7 @@ from projects.rstn.baseline import tune_window_rule
 from projects.rstn.data import load_split
 from projects.rstn.eval import evaluate_rstn, load_plane_model
 from projects.rstn.inference import dsc
-from projects.rstn.predict import predict_volume
+from projects.rstn.predict import predict_volume, protocol_of
 from projects.rstn.prepare import prepare_synthetic, to_source_layout
 from projects.rstn.train import train_planes
 
@@ -97,7 +97,8 @@ def run(out: Path, n_cases: int = 16, shape: tuple[int, int, int] = (128, 128, 3
     hu_like, affine = to_source_layout(np.asarray(cache.load(case, "image"), np.float32) * 340.0 - 100.0,
                                        cache.affine(case))
     pred_path = out / "pred" / f"{case}.nii.gz"
-    save_nifti(pred_path, predict_volume(hu_like, affine, models, fine_batch_size=16), affine, dtype=np.uint8)
+    protocol = protocol_of(ckpts[planes[0]])._replace(fine_batch_size=16)  # as the evaluation above
+    save_nifti(pred_path, predict_volume(hu_like, affine, models, protocol), affine, dtype=np.uint8)
     axial = "Z" if "Z" in planes else planes[0]
     result = {"project": "rstn", "task": "small-organ (pancreas-like) segmentation in synthetic CT",
               "metric": "dice", "higher_is_better": True, "model": f"RSTN coarse-to-fine (1/16 width, planes {planes})",

@@ -9,38 +9,80 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from common.checkpoint import read_checkpoint
 from common.cli import exit_code_on_data_error
 from common.errors import DataError
 from common.io.nifti import load_nifti, save_nifti
+from common.settings import CheckpointSettings
 from projects.rstn.eval import load_plane_model
 from projects.rstn.inference import coarse_to_fine, predict_plane
 from projects.rstn.model import RSTN
 from projects.rstn.prepare import to_cache_layout, to_source_layout, window
 
 
-def predict_volume(hu: np.ndarray, affine: np.ndarray, models: dict[str, RSTN], max_rounds: int = 10,
-                   stop_inter_dsc: float = 0.99, margin: int = 20, fine_batch_size: int = 1) -> np.ndarray:
-    """Returns the uint8 mask [X, Y, Z] of a HU volume indexed like its NIfTI file.
+def predict_volume(hu: np.ndarray, affine: np.ndarray, models: dict[str, RSTN], protocol: Protocol
+                   ) -> np.ndarray:
+    """Returns the uint8 mask [X, Y, Z] of a HU volume indexed like its NIfTI file (eval's coarse2fine stage).
 
     Args:
         hu: CT in Hounsfield units, NIfTI array order [X, Y, Z].
         affine: its [4, 4] affine (only used to keep the layout round trip exact).
         models: plane -> RSTN (any subset of X, Y, Z).
-        max_rounds, stop_inter_dsc, margin: the coarse-to-fine protocol.
-        fine_batch_size: slices per fine forward pass.
+        protocol: the coarse-to-fine settings (see `protocol_of`).
     """
     image, cache_affine = to_cache_layout(window(hu).astype(np.float32), affine)
     with torch.no_grad():
-        coarse = {p: predict_plane(image, p, m) for p, m in models.items()}
-        result = coarse_to_fine(image, models, coarse, max_rounds, stop_inter_dsc, margin=margin,
-                                batch_size=fine_batch_size)
+        coarse = {p: predict_plane(image, p, m, protocol.batch_size, protocol.precision) for p, m in models.items()}
+        result = coarse_to_fine(image, models, coarse, protocol.max_rounds, protocol.stop_inter_dsc,
+                                protocol.threshold, protocol.margin, protocol.post_ratio,
+                                precision=protocol.precision, batch_size=protocol.fine_batch_size)
     return to_source_layout(result.mask, cache_affine)[0]
+
+
+class Protocol(NamedTuple):
+    """The coarse-to-fine testing settings (`eval.*` of conf/rstn/eval.yaml; margin = the model's)."""
+
+    margin: int
+    max_rounds: int
+    stop_inter_dsc: float
+    threshold: float
+    post_ratio: float
+    batch_size: int
+    fine_batch_size: int
+    precision: str
+
+
+#: Protocol field -> command-line flag that overrides the checkpoint's value.
+FLAGS = {"margin": "--margin", "max_rounds": "--max-rounds", "stop_inter_dsc": "--stop-inter-dsc",
+         "threshold": "--threshold", "post_ratio": "--post-ratio", "fine_batch_size": "--fine-batch-size",
+         "precision": "--precision"}
+
+
+_TYPES = {"margin": int, "max_rounds": int, "stop_inter_dsc": float, "threshold": float, "post_ratio": float,
+          "batch_size": int, "fine_batch_size": int, "precision": str}
+
+
+def protocol_of(ckpt: str | Path, overrides: Mapping[str, Any] | None = None) -> Protocol:
+    """Returns the protocol `eval.py` runs a checkpoint with: its own margin, conf/rstn/eval.yaml's rounds.
+
+    Args:
+        ckpt: a plane checkpoint written by train.py (its run config holds `model.margin`).
+        overrides: field -> command-line value (None: not given); a given one wins and is reported.
+
+    Raises:
+        DataError: unreadable checkpoint, or one without the settings.
+    """
+    settings = CheckpointSettings(ckpt, read_checkpoint(ckpt).get("run_config"), project="rstn")
+    overrides = overrides or {}
+    values = {name: settings.get(f"eval.{name}", overrides.get(name), FLAGS.get(name)) for name in Protocol._fields}
+    return Protocol(**{name: _TYPES[name](value) for name, value in values.items()})
 
 
 def _checkpoints(items: Sequence[str]) -> dict[str, str]:
@@ -57,14 +99,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--checkpoint", action="append", required=True, help="PLANE=PATH, once per plane")
-    parser.add_argument("--max-rounds", type=int, default=10)
-    parser.add_argument("--stop-inter-dsc", type=float, default=0.99)
-    parser.add_argument("--fine-batch-size", type=int, default=1)
+    parser.add_argument("--max-rounds", type=int, default=None)
+    parser.add_argument("--stop-inter-dsc", type=float, default=None)
+    parser.add_argument("--fine-batch-size", type=int, default=None)
+    parser.add_argument("--margin", type=int, default=None, help="fine-stage crop margin (pixels)")
+    parser.add_argument("--threshold", type=float, default=None)
+    parser.add_argument("--post-ratio", type=float, default=None)
+    parser.add_argument("--precision", choices=["32", "bf16"], default=None)
     args = parser.parse_args(argv)
-    models = {p: load_plane_model(path) for p, path in _checkpoints(args.checkpoint).items()}
+    checkpoints = _checkpoints(args.checkpoint)
+    models = {p: load_plane_model(path) for p, path in checkpoints.items()}
+    protocol = protocol_of(next(iter(checkpoints.values())), {name: getattr(args, name) for name in FLAGS})
     volume = load_nifti(args.input, dtype=np.float32)
-    mask = predict_volume(volume.data, volume.affine, models, args.max_rounds, args.stop_inter_dsc,
-                          fine_batch_size=args.fine_batch_size)
+    mask = predict_volume(volume.data, volume.affine, models, protocol)
     save_nifti(Path(args.output), mask, volume.affine, header=volume.header, dtype=np.uint8)
     print(f"wrote {args.output}: {int(mask.sum())} pancreas voxels")
     return 0

@@ -212,3 +212,25 @@ def test_file_against_folder_and_empty_folder_are_rejected(seg_dirs, tmp_path):
         ev.evaluate_seg(pred_dir, tmp_path / "nothing")
     with pytest.raises(ev.DataError, match="constant"):
         ev.evaluate_sr(pred_dir / "empty.nii.gz", ref_dir / "empty.nii.gz")
+
+
+@pytest.mark.parametrize("problem", ["nan", "complex"])
+def test_recon_with_nan_or_complex_values_is_named_without_scores(recon_dirs, tmp_path, capsys, problem):
+    import h5py
+
+    recons, targets, _ = recon_dirs
+    path = recons / "file_8x.h5"
+    with h5py.File(path, "r+") as f:
+        volume = f["reconstruction"][()]
+        del f["reconstruction"]
+        if problem == "nan":
+            volume[1, 5, 4] = np.nan
+            f.create_dataset("reconstruction", data=volume)
+        else:
+            f.create_dataset("reconstruction", data=volume.astype(np.complex64))
+    out = tmp_path / "scores.json"
+    assert ev.main(["recon", "--pred", str(recons), "--ref", str(targets), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: ") and err.count("\n") == 1
+    assert ("NaN" in err and "slice 1" in err) if problem == "nan" else "complex dtype complex64" in err
+    assert not out.exists()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import random
+import warnings
+from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -210,3 +213,55 @@ def test_empty_or_missing_folder(tmp_path):
         load_dicom_series(tmp_path / "empty")
     with pytest.raises(DataError, match="nowhere: DICOM folder not found"):
         load_dicom_series(tmp_path / "nowhere")
+
+
+def _edit_one(folder, edit) -> Path:
+    path = sorted(p for p in folder.rglob("IM*"))[0]
+    ds = pydicom.dcmread(path)
+    edit(ds)
+    ds.save_as(path)
+    return path
+
+
+def _mosaic(ds) -> None:
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]
+
+
+def _enhanced(ds) -> None:
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
+    ds.NumberOfFrames = 3
+    del ds.ImagePositionPatient  # an enhanced file keeps its positions in per-frame sequences
+
+
+def _multi_frame(ds) -> None:
+    ds.NumberOfFrames = 4
+
+
+def _no_series(ds) -> None:
+    del ds.SeriesInstanceUID
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (_mosaic, "not supported: Siemens MOSAIC"),
+    (_enhanced, r"not supported: enhanced multi-frame DICOM \(Enhanced CT Image Storage\)"),
+    (_multi_frame, r"not supported: enhanced multi-frame DICOM \(4 frames in one file\)"),
+    (_no_series, "no SeriesInstanceUID"),
+])
+def test_unsupported_files_say_what_they_are(tmp_path, edit, message):
+    folder = write_series(tmp_path / "series", _raw_slices(), _positions())
+    path = _edit_one(folder, edit)
+    with pytest.raises(DataError, match=f"{path.name}: {message}"):
+        load_dicom_series(folder)
+
+
+def test_probing_files_that_are_not_dicom_is_silent(tmp_path, capfd, caplog):
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    # A preamble and a UI element with an invalid value: pydicom warns and logs while reading it.
+    (folder / "bad.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x04\x00abcd" + b"garbage" * 50)
+    (folder / "notes.txt").write_text("not an image")
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(DataError, match="no DICOM image slices"):
+        warnings.simplefilter("always")
+        load_dicom_series(folder)
+    assert not caught and not caplog.records
+    assert capfd.readouterr().err == ""

@@ -128,7 +128,7 @@ def test_predict_keeps_the_grid_of_an_oblique_input(net: RSTN, tmp_path) -> None
     torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
                 "run_config": {"model": {"_target_": "projects.rstn.module.RSTNModule",
                                          "net": {"_target_": "projects.rstn.model.RSTN", "width": 0.0625},
-                                         "optimizer": None}}}, ckpt)
+                                         "optimizer": None, "margin": 20}}}, ckpt)
     assert main(["--input", str(tmp_path / "ct.nii.gz"), "--output", str(tmp_path / "mask.nii.gz"),
                  "--checkpoint", f"Z={ckpt}", "--max-rounds", "1"]) == 0
     out = nib.load(tmp_path / "mask.nii.gz")

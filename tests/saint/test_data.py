@@ -157,3 +157,14 @@ def test_distance_map_of_a_sample_uses_the_plane_axis_spacing(cache_dir: Path) -
     x_plane, y_plane = ds[0], ds[25]  # planes of constant x (H = y, 0.8 mm), of constant y (H = x, 0.9 mm)
     torch.testing.assert_close(x_plane["dist"], torch.from_numpy(distance_map(4, 1.25, 0.8, 6)))
     torch.testing.assert_close(y_plane["dist"], torch.from_numpy(distance_map(4, 1.25, 0.9, 6)))
+
+
+def test_prepare_into_an_unwritable_folder_is_one_line(msd_root, tmp_path, capsys) -> None:
+    from projects.saint.prepare import main
+
+    # Tests run as root, which chmod does not stop: a regular file where the folder should be blocks it instead.
+    (tmp_path / "taken").write_text("")
+    assert main(["--msd", str(msd_root), "--out", str(tmp_path / "taken" / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'taken' / 'cache'}") and err.count("\n") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]

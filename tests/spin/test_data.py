@@ -207,3 +207,14 @@ def test_validation_puts_lesion_slices_first_without_changing_the_set(atlas_fixt
     assert sorted(plain.items) == sorted(front.items) and len(set(front.items)) == len(front.items)
     assert all(int(front[i].label.sum()) > 0 for i in range(2))
     assert [front.items[i][0] for i in range(2)] == ids[:2]
+
+
+def test_prepare_into_an_unwritable_folder_is_one_line(atlas_fixture, tmp_path, capsys) -> None:
+    from projects.spin.prepare import main
+
+    # Tests run as root, which chmod does not stop: a regular file where the folder should be blocks it instead.
+    (tmp_path / "taken").write_text("")
+    assert main(["--root", str(atlas_fixture["raw"]), "--cache", str(tmp_path / "taken" / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'taken' / 'cache'}") and err.count("\n") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]

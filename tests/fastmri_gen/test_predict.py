@@ -1,0 +1,71 @@
+"""predict.py gives eval's reconstruction of a held-out volume with the checkpoint's own data settings."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.io import read_reconstruction
+from common.run import train
+from projects.fastmri_gen.eval import evaluate
+from projects.fastmri_gen.predict import main
+from tests.fastmri_gen.test_train import compose_cfg, tiny
+
+HELD_OUT = "file1100001.h5"  # a validation volume: never trained on
+
+
+@pytest.fixture(scope="module")
+def demo_run(fastmri_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A one-step run of `experiment=demo` at acceleration 8 and eval's reconstructions of the validation split."""
+    out = tmp_path_factory.mktemp("fastmri_demo_run")
+    train(compose_cfg(["experiment=demo", "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
+                       "+trainer.limit_val_batches=1", "test_after_fit=false", "data.accelerations=[8]",
+                       "data.mask_type=equispaced", *tiny(fastmri_root, out / "run")]))
+    ckpt = out / "run" / "checkpoints" / "last.ckpt"
+    evaluate(compose_cfg(["experiment=demo", f"ckpt_path={ckpt}", "eval.accelerations=[8]",
+                          "data.mask_type=equispaced", *tiny(fastmri_root, out / "eval")], name="eval"))
+    return {"ckpt": ckpt, "input": fastmri_root / "singlecoil_val" / HELD_OUT, "out": out,
+            "eval": read_reconstruction(out / "eval" / "reconstructions" / "x8" / HELD_OUT)}
+
+
+def _predict(run: dict, name: str, *flags: str) -> np.ndarray:
+    assert main(["--ckpt", str(run["ckpt"]), "--input", str(run["input"]), "--out", str(run["out"] / name),
+                 *flags]) == 0
+    return read_reconstruction(run["out"] / name / HELD_OUT)
+
+
+def test_predict_equals_eval_with_the_checkpoints_acceleration_and_mask(demo_run: dict, capsys) -> None:
+    # The code defaults (acceleration 4, random masks) would give another reconstruction.
+    np.testing.assert_allclose(_predict(demo_run, "default"), demo_run["eval"], rtol=1e-5, atol=1e-7)
+    assert "overrides" not in capsys.readouterr().err
+
+
+def test_acceleration_flag_overrides_the_checkpoint_and_says_so(demo_run: dict, capsys) -> None:
+    other = _predict(demo_run, "x4", "--acceleration", "4")
+    assert not np.allclose(other, demo_run["eval"], rtol=1e-3)
+    err = capsys.readouterr().err
+    assert "--acceleration 4 overrides the checkpoint's data.accelerations[0]" in err and "has 8" in err
+
+
+def test_a_bad_file_is_named_as_the_user_gave_it(demo_run: dict, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "inputs" / "file1100009.h5"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not an HDF5 file")
+    assert main(["--ckpt", str(demo_run["ckpt"]), "--input", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}:") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_output_folder_is_one_line_and_leaves_nothing(demo_run: dict, tmp_path: Path, capsys) -> None:
+    # Tests run as root, which chmod does not stop: a regular file where the folder should be blocks it instead.
+    (tmp_path / "taken").write_text("")
+    shutil.copy(demo_run["input"], tmp_path / HELD_OUT)
+    assert main(["--ckpt", str(demo_run["ckpt"]), "--input", str(tmp_path / HELD_OUT),
+                 "--out", str(tmp_path / "taken" / "recons")]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'taken' / 'recons'}: cannot create the output folder "
+                                       "(Not a directory)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [HELD_OUT, "taken"]
