@@ -20,7 +20,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip -c $(TORCH_CONSTRAINTS)
-	$(PY) -m pip install --quiet -c $(TORCH_CONSTRAINTS) -e '.[dev,real-data]'
+	$(PY) -m pip install --quiet -c $(TORCH_CONSTRAINTS) -e '.[dev,real-data,cluster]'
 	@touch $(STAMP)
 
 test: install

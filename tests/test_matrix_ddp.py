@@ -1,14 +1,20 @@
-"""Run matrix, third axis: each project's demo (and the reference-mode GAN runs) trains with `trainer=ddp_cpu`.
+"""Run matrix, third and fifth axes: DDP on 2 CPU processes for every demo, and the cluster path.
 
-Two gloo processes in a subprocess (DDP must never start inside pytest), a few steps: the run has one folder
-with one TensorBoard version, and the test step ran once, after the fit, in one process. Data is written small
-into the test's folder in the layout each experiment reads.
+Third axis: each project's demo (and the reference-mode GAN runs) trains with `trainer=ddp_cpu`: two gloo
+processes in a subprocess (DDP must never start inside pytest), a few steps; the run has one folder with one
+TensorBoard version, and the test step ran once, after the fit, in one process. Data is written small into the
+test's folder in the layout each experiment reads.
+
+Fifth axis, the cluster path on this machine: a demo trains as 2 nodes x 1 process, each "node" started on its
+own with the node rank and master address in its environment, as SLURM or torchrun would; and a small `-m` sweep
+runs through `hydra/launcher=submitit_local` (the launcher code of `submitit_slurm`, jobs as local processes).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -62,12 +68,16 @@ CELLS = {("saint", "demo"): _saint, ("easysr", "demo"): _easysr, ("easysr", "ref
          ("rstn", "demo"): _rstn, ("spin", "demo"): _spin}
 
 
+def _command(project: str, overrides: list[str], **env_vars: str) -> tuple[list[str], dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "RANK", "NODE_RANK")}
+    env.update(PYTHONPATH=str(REPO_ROOT), **env_vars)
+    return [sys.executable, str(REPO_ROOT / "projects" / project / "train.py"), *overrides], env
+
+
 def train_subprocess(project: str, overrides: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     """Runs `projects/<project>/train.py` with `overrides` in a fresh process (no inherited DDP variables)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "RANK", "NODE_RANK")}
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    return subprocess.run([sys.executable, str(REPO_ROOT / "projects" / project / "train.py"), *overrides],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    cmd, env = _command(project, overrides)
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _run_folders(run_dir: Path, project: str) -> list[Path]:
@@ -88,3 +98,49 @@ def test_ddp_two_cpu_processes(project: str, experiment: str, tmp_path: Path) ->
         assert any(k.startswith("test/") for k in metrics), metrics  # the test step ran, after the fit
         assert sorted(p.name for p in (folder / "tb").iterdir()) == ["version_0"]
         assert (folder / "checkpoints" / "last.ckpt").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_each(tmp_path: Path) -> None:
+    data = _spin(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    overrides = ["experiment=demo", *SHORT, "trainer.devices=1", "trainer.num_nodes=2", f"hydra.run.dir={run_dir}",
+                 *data]
+    port = str(_free_port())
+    nodes = []
+    for rank in (0, 1):  # what a scheduler does: one launch per node, the rendezvous in the environment
+        cmd, env = _command("spin", overrides, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NODE_RANK=str(rank),
+                            WORLD_SIZE="2")
+        nodes.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    logs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in logs[1]  # node 1 joined node 0's process group
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert any(k.startswith("test/") for k in metrics)
+    assert sorted(p.name for p in (run_dir / "tb").iterdir()) == ["version_0"]
+    import torch
+
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2  # 2 batches per rank: the 2 nodes split each epoch between them
+
+
+@pytest.mark.slow
+def test_a_sweep_through_the_submitit_launcher(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    overrides = ["-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}", "experiment=demo",
+                 "model.optimizer.lr=1e-3,2e-3", *SHORT, "trainer=cpu", *_spin(tmp_path / "data")]
+    proc = train_subprocess("spin", overrides)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["0", "1"]
+    for job, lr in zip(jobs, ("0.001", "0.002")):
+        assert f"lr: {lr}" in (sweep / job / ".hydra" / "config.yaml").read_text()
+        assert "test/dice" in json.loads((sweep / job / "metrics.json").read_text())
+    assert (sweep / ".submitit").is_dir()  # the jobs went through submitit, each in its own folder

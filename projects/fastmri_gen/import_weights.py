@@ -23,7 +23,10 @@ from pathlib import Path
 
 import torch
 
+from common.checkpoint import instantiate_model
 from common.errors import DataError
+from common.model_card import compose_experiment
+from common.weights import import_main, load_third_party
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +169,6 @@ def _check_kind(state: Mapping[str, torch.Tensor], generative: bool, source: str
 
 def _fresh_module(experiment: str) -> torch.nn.Module:
     """Return the experiment's LightningModule, initialised with seed 0 (the parts the authors' files lack)."""
-    from common.checkpoint import instantiate_model
-    from common.model_card import compose_experiment
-
     torch.manual_seed(0)
     return instantiate_model(compose_experiment("fastmri_gen", experiment).model)
 
@@ -185,8 +185,6 @@ def convert(sources: list[Path], experiment: str) -> dict[str, torch.Tensor]:
         DataError: more than two files, no authors' file, a file that does not fit, or a MobileNetV2 file for
             the baseline (which has no proxy).
     """
-    from common.weights import load_third_party
-
     from projects.fastmri_gen.mobilenet import load_trunk_weights
 
     if not 1 <= len(sources) <= 2:
@@ -211,7 +209,6 @@ def convert(sources: list[Path], experiment: str) -> dict[str, torch.Tensor]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line (see the module docstring); returns the exit code."""
-    from common.weights import import_main
 
     return import_main("fastmri_gen", convert, EXPERIMENTS[0], __doc__ or "", argv, experiments=EXPERIMENTS)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from common.model_card import compose_experiment, experiments
 from projects.saint.model import SAINT
@@ -25,10 +26,11 @@ def stage1_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A stage-1 checkpoint of the shrunk network, as the RFN experiments expect in `model.msr_ckpt`."""
     cfg = compose_experiment("saint", "msd_msr", SHRINK)
     torch.manual_seed(0)
-    net = SAINT(**{k: v for k, v in cfg.model.net.items() if k != "_target_"})
+    net_cfg = OmegaConf.to_container(cfg.model.net)  # plain containers: checkpoints load with weights_only
+    net = SAINT(**{k: v for k, v in net_cfg.items() if k != "_target_"})
     path = tmp_path_factory.mktemp("saint_stage1") / "best.ckpt"
     torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-                "run_config": {"model": {"net": dict(cfg.model.net), "stage": "msr"}}}, path)
+                "run_config": {"model": {"net": net_cfg, "stage": "msr"}}}, path)
     return path
 
 
