@@ -39,10 +39,13 @@ class CheckpointSettings:
         self.source = str(source)
         self.config: DictConfig = OmegaConf.create(dict(run_config or {}))
         if project is not None:
-            protocol = OmegaConf.load(CONF_ROOT / project / "eval.yaml").get("eval") or {}
+            eval_conf = OmegaConf.load(CONF_ROOT / project / "eval.yaml")
+            protocol = eval_conf.get("eval") if isinstance(eval_conf, DictConfig) else None
             stored = self.config.get("eval") or {}
             # The stored block wins; interpolations resolve against the checkpoint's own config on `select`.
-            self.config = OmegaConf.merge(self.config, {"eval": OmegaConf.merge(protocol, stored)})
+            merged = OmegaConf.merge(self.config, {"eval": OmegaConf.merge(protocol or {}, stored)})
+            assert isinstance(merged, DictConfig)
+            self.config = merged
 
     def stored(self, key: str, default: Any = _MISSING) -> Any:
         """Returns the value of the dotted `key` in the checkpoint's settings (`default` when it has none).
