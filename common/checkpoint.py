@@ -35,6 +35,9 @@ def _one_line(err: BaseException, limit: int = 160) -> str:
 def _unpickling_error(path: Path, err: pickle.UnpicklingError) -> DataError:
     """Returns the error for a file that `weights_only` loading stopped: a refused object, or not a torch file."""
     found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    if found and found.group(1).startswith("omegaconf."):
+        return DataError(path, f"refused: a checkpoint of an older version holds config objects ({found.group(1)}); "
+                               f"if the file is yours, `python -m common.checkpoint upgrade {path}` rewrites it")
     if found:
         return DataError(path, f"refused: the file holds Python objects other than tensors and plain containers "
                                f"({found.group(1)}); it was not loaded and nothing in it was run")
@@ -147,3 +150,60 @@ def init_from_checkpoint(module: torch.nn.Module, path: str | os.PathLike) -> No
     load_state_strict(module, ckpt["state_dict"], path)
     # lets a module tell trained starting weights from its random init (RSTN warns about the latter)
     module.initialised_from = str(path)  # type: ignore[assignment]
+
+
+def upgrade_checkpoint(path: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Rewrites one of our own older checkpoints with plain containers, so that it loads with weights_only.
+
+    Checkpoints written before configs were stored as plain containers hold omegaconf objects, which safe loading
+    refuses. This reads the file with full unpickling, which runs whatever the file holds: use it only on files
+    your own runs wrote.
+
+    Returns:
+        The written path (`out`, or `path` itself, replaced atomically).
+
+    Raises:
+        DataError: the file is missing, unreadable, or not a checkpoint of this project (no `state_dict`).
+    """
+    from common.io.atomic import atomic_path
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise DataError(path, f"cannot read checkpoint ({type(err).__name__}: {_one_line(err)})") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise DataError(path, "not a checkpoint of this project (no 'state_dict')")
+    target = Path(out) if out else path
+    with atomic_path(target) as tmp:
+        torch.save(plain_containers(ckpt), tmp)
+    read_checkpoint(target)  # it now loads safely
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m common.checkpoint upgrade FILE [--out NEW]`: see `upgrade_checkpoint`."""
+    import argparse
+
+    from common.cli import exit_code_on_data_error
+
+    parser = argparse.ArgumentParser(description="Rewrite an older checkpoint of this project so it loads safely "
+                                                 "(only for files your own runs wrote: reading it runs its pickle)")
+    parser.add_argument("command", choices=["upgrade"])
+    parser.add_argument("path")
+    parser.add_argument("--out", default=None, help="write here instead of replacing the file")
+
+    @exit_code_on_data_error
+    def run(args: argparse.Namespace) -> int:
+        print(f"wrote {upgrade_checkpoint(args.path, args.out)}")
+        return 0
+
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

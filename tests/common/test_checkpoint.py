@@ -38,3 +38,19 @@ def test_checkpoint_errors_name_the_file(tmp_path):
     wrong = {**MODEL, "net": {**MODEL["net"], "in_features": 5}}
     with pytest.raises(DataError, match="do not fit"):
         module_from_checkpoint(tmp_path / "b.ckpt", wrong)
+
+
+def test_an_older_checkpoint_with_config_objects_is_refused_then_upgraded(tmp_path):
+    from omegaconf import OmegaConf
+
+    from common.checkpoint import main
+
+    old = tmp_path / "old.ckpt"
+    trained = _save(old, run_config={"model": MODEL}, hyper_parameters=OmegaConf.create({"net": MODEL["net"]}))
+    with pytest.raises(DataError, match="python -m common.checkpoint upgrade"):
+        read_checkpoint(old)
+    assert main(["upgrade", str(old)]) == 0
+    assert read_checkpoint(old)["hyper_parameters"] == {"net": MODEL["net"]}  # plain containers now
+    module, _ = module_from_checkpoint(old)
+    torch.testing.assert_close(module.net.weight, trained.net.weight)
+    assert main(["upgrade", str(tmp_path / "absent.ckpt")]) == 2
