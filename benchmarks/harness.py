@@ -24,11 +24,22 @@ from typing import Any
 import torch
 
 from common.io.atomic import save_json
-from common.runtime import release_memory, tune_allocator
+from common.runtime import cpu_flags, has_bf16, release_memory, tune_allocator
 
 tune_allocator()
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+_PEAK: dict[int, float] = {}
+
+
+def matmul_peak(size: int = 4096) -> float:
+    """Returns this process's fp32 `size`-square matmul GFLOP/s, measured once per process and thread count."""
+    key = size * 1000 + torch.get_num_threads()
+    if key not in _PEAK:
+        _PEAK[key] = matmul_gflops(size)
+    return _PEAK[key]
 
 
 def matmul_gflops(size: int = 2048, repeat: int = 3) -> float:
@@ -53,10 +64,13 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    flags = cpu_flags()
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.is_available(), "python": platform.python_version(), "platform": platform.platform(),
-            "fp32_matmul_gflops": matmul_gflops(), "load_average": os.getloadavg()[0],
-            "allocator_tuned": tune_allocator()}
+            "fp32_matmul_gflops": matmul_gflops(), "fp32_matmul_4096_gflops": matmul_peak(),
+            "load_average": os.getloadavg()[0], "allocator_tuned": tune_allocator(),
+            "cpu_flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma"))),
+            "bf16_hardware": has_bf16("cpu", flags)}
 
 
 def _reset_peak() -> None:
@@ -93,8 +107,9 @@ def measure(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1, flops: bool
         repeat: timed runs.
         warmup: untimed runs first (at least one when `flops`).
         flops: count the floating-point operations of one call (torch's FlopCounterMode, during the first warmup
-            run) and add `gflop` per call and `gflops_per_s` = gflop / median: a figure comparable across
-            machines and across days of one shared machine.
+            run) and add `gflop` per call, `gflops_per_s` = gflop / median and `efficiency` = gflops_per_s / the
+            process's fp32 4096-square matmul GFLOP/s (`matmul_peak`): a figure comparable across machines and
+            across days of one shared machine.
     """
     out: dict[str, float] = {}
     if flops:
@@ -117,6 +132,8 @@ def measure(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1, flops: bool
                peak_rss_mb=_peak_mb(), repeat=repeat)
     if flops:
         out["gflops_per_s"] = out["gflop"] / out["median_s"]
+        # the machine-independent figure: the share of this process's fp32 matmul throughput reached
+        out["efficiency"] = out["gflops_per_s"] / matmul_peak()
     return out
 
 

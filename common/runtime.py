@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -86,3 +87,51 @@ def release_memory() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except (OSError, AttributeError):
             pass
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of a CPU with bf16 arithmetic
+
+
+def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> set[str]:
+    """Returns the CPU's feature flags ("avx512f", "avx512_bf16", "amx_bf16", ...); empty where unknown."""
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def has_bf16(device: str = "cpu", flags: set[str] | None = None) -> bool:
+    """Returns True when `device` computes in bf16 natively: a CUDA GPU that supports it, or a CPU with the
+    AVX-512 bf16 or AMX instructions. Without them bf16 autocast only adds conversions: on a Xeon without either,
+    every project's bf16 rows ran 2.3-4.6x slower than fp32.
+    """
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    flags = cpu_flags() if flags is None else flags
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def choose_precision(requested: str | int | None = "auto", device: str = "cpu",
+                     flags: set[str] | None = None) -> str:
+    """Returns the inference precision, "32" or "bf16".
+
+    Args:
+        requested: "32"/32, "bf16" (also "bf16-mixed"), or "auto"/None: bf16 where the device has it natively
+            (`has_bf16`), else 32.
+        device: "cpu" or "cuda[:N]".
+        flags: the CPU flags to decide from (default: this machine's).
+
+    Raises:
+        ValueError: an unknown precision.
+    """
+    value = "auto" if requested is None else str(requested)
+    if value == "auto":
+        return "bf16" if has_bf16(device, flags) else "32"
+    if value in ("32", "32-true", "fp32"):
+        return "32"
+    if value in ("bf16", "bf16-mixed"):
+        return "bf16"
+    raise ValueError(f"precision must be 32, bf16 or auto, got {requested!r}")

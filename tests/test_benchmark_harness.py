@@ -8,7 +8,7 @@ import torch
 from benchmarks import harness
 
 
-def test_measure_counts_the_flops_of_one_call() -> None:
+def test_measure_counts_the_flops_of_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = torch.randn(64, 32), torch.randn(32, 16)
     calls = []
 
@@ -16,15 +16,30 @@ def test_measure_counts_the_flops_of_one_call() -> None:
         calls.append(1)
         a @ b
 
+    monkeypatch.setattr(harness, "matmul_peak", lambda: 250.0)
     stats = harness.measure(fn, repeat=3, warmup=1, flops=True)
     assert stats["gflop"] == pytest.approx(2 * 64 * 32 * 16 / 1e9)
     assert stats["gflops_per_s"] == pytest.approx(stats["gflop"] / stats["median_s"])
+    assert stats["efficiency"] == pytest.approx(stats["gflops_per_s"] / 250.0)
     assert len(calls) == 4 and stats["min_s"] <= stats["median_s"] and stats["cpu_s"] >= 0.0
 
 
 def test_previous_rows_keeps_the_selected_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(harness, "RESULTS_DIR", tmp_path)
-    monkeypatch.setattr(harness, "matmul_gflops", lambda: 1.0)
+    monkeypatch.setattr(harness, "matmul_gflops", lambda *a: 1.0)
+    monkeypatch.setattr(harness, "matmul_peak", lambda *a: 2.0)
     assert harness.previous_rows("x", lambda row: True) == []
     harness.write_results("x", [{"row": "speed", "seconds": 1.0}, {"row": "quality", "dice": 0.5}])
     assert harness.previous_rows("x", lambda row: "dice" in row) == [{"row": "quality", "dice": 0.5}]
+
+
+def test_results_record_the_cpu_flags_that_decide_bf16(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(harness, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(harness, "matmul_gflops", lambda *a: 1.0)
+    monkeypatch.setattr(harness, "matmul_peak", lambda *a: 2.0)
+    monkeypatch.setattr(harness, "cpu_flags", lambda: {"fpu", "avx512f", "amx_bf16", "sse2"})
+    import json
+
+    saved = json.loads(harness.write_results("y", []).read_text())["machine"]
+    assert saved["cpu_flags"] == ["amx_bf16", "avx512f"] and saved["fp32_matmul_4096_gflops"] == 2.0
+    assert saved["bf16_hardware"] is True  # AMX

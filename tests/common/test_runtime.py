@@ -60,3 +60,30 @@ def test_release_memory_returns_freed_heap_to_the_os() -> None:
     before = rss_mb()
     runtime.release_memory()
     assert rss_mb() < before - 64
+
+
+AMD_ZEN5 = {"avx2", "avx512f", "avx512_bf16"}
+XEON_AMX = {"avx2", "avx512f", "amx_tile", "amx_bf16"}
+XEON_NO_BF16 = {"avx2", "avx512f", "avx512bw"}
+
+
+@pytest.mark.parametrize(("flags", "expected"), [(AMD_ZEN5, "bf16"), (XEON_AMX, "bf16"), (XEON_NO_BF16, "32"),
+                                                 (set(), "32")])
+def test_auto_precision_takes_bf16_only_where_the_cpu_computes_in_it(flags, expected) -> None:
+    assert runtime.choose_precision("auto", "cpu", flags) == expected
+    assert runtime.choose_precision(None, "cpu", flags) == expected
+
+
+def test_explicit_precision_is_kept_and_unknown_refused() -> None:
+    assert runtime.choose_precision("32", flags=AMD_ZEN5) == "32"
+    assert runtime.choose_precision(32, flags=AMD_ZEN5) == "32"
+    assert runtime.choose_precision("bf16-mixed", flags=XEON_NO_BF16) == "bf16"
+    with pytest.raises(ValueError, match="'16'"):
+        runtime.choose_precision("16")
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert runtime.cpu_flags(info) == {"fpu", "avx512f", "amx_bf16"}
+    assert runtime.cpu_flags(tmp_path / "absent") == set()
