@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from common.errors import DataError
 
@@ -85,3 +85,31 @@ class CheckpointSettings:
             print(f"note: {flag or key} {override} overrides the checkpoint's {key} ({self.source} {said})",
                   file=sys.stderr)
         return override
+
+
+def given_settings(node: Mapping[str, Any] | DictConfig, project: str, block: str = "eval") -> dict[str, Any]:
+    """Returns the settings of a composed eval config's `block` that differ from conf/<project>/eval.yaml's own.
+
+    Those are the ones the command line (or an experiment) set: they override the checkpoint's. A value is
+    compared as written, before interpolation, so `margin: ${model.margin}` left as it is counts as not given
+    (the checkpoint's margin applies, whatever `model.margin` the eval config composes).
+
+    Args:
+        node: the composed `cfg.eval` (or any block), interpolations unresolved.
+        project: whose `conf/<project>/eval.yaml` holds the defaults.
+        block: the block of that file to compare with.
+
+    Returns:
+        setting name -> resolved value, for the given settings only.
+    """
+    written = OmegaConf.load(CONF_ROOT / project / "eval.yaml").get(block) or {}
+    defaults = OmegaConf.to_container(written, resolve=False) if isinstance(written, DictConfig) else dict(written)
+    node = node if isinstance(node, DictConfig) else OmegaConf.create(dict(node))
+    raw = OmegaConf.to_container(node, resolve=False)
+    return {key: _resolved(node, key) for key, value in raw.items()  # type: ignore[union-attr]
+            if key not in defaults or value != defaults[key]}
+
+
+def _resolved(node: DictConfig, key: str) -> Any:
+    value = node[key]
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
