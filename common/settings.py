@@ -39,10 +39,10 @@ class CheckpointSettings:
         self.source = str(source)
         self.config: DictConfig = OmegaConf.create(dict(run_config or {}))
         if project is not None:
-            protocol = OmegaConf.load(CONF_ROOT / project / "eval.yaml").get("eval") or {}
-            stored = self.config.get("eval") or {}
+            protocol = _raw(OmegaConf.select(OmegaConf.load(CONF_ROOT / project / "eval.yaml"), "eval"))
+            stored = _raw(self.config.get("eval"))
             # The stored block wins; interpolations resolve against the checkpoint's own config on `select`.
-            self.config = OmegaConf.merge(self.config, {"eval": OmegaConf.merge(protocol, stored)})
+            self.config = OmegaConf.merge(self.config, {"eval": {**protocol, **stored}})  # type: ignore[assignment]
 
     def stored(self, key: str, default: Any = _MISSING) -> Any:
         """Returns the value of the dotted `key` in the checkpoint's settings (`default` when it has none).
@@ -102,12 +102,15 @@ def given_settings(node: Mapping[str, Any] | DictConfig, project: str, block: st
     Returns:
         setting name -> resolved value, for the given settings only.
     """
-    written = OmegaConf.load(CONF_ROOT / project / "eval.yaml").get(block) or {}
-    defaults = OmegaConf.to_container(written, resolve=False) if isinstance(written, DictConfig) else dict(written)
+    defaults = _raw(OmegaConf.select(OmegaConf.load(CONF_ROOT / project / "eval.yaml"), block))
     node = node if isinstance(node, DictConfig) else OmegaConf.create(dict(node))
-    raw = OmegaConf.to_container(node, resolve=False)
-    return {key: _resolved(node, key) for key, value in raw.items()  # type: ignore[union-attr]
+    return {str(key): _resolved(node, str(key)) for key, value in _raw(node).items()
             if key not in defaults or value != defaults[key]}
+
+
+def _raw(node: Any) -> dict[Any, Any]:
+    raw = OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else node
+    return dict(raw) if isinstance(raw, Mapping) else {}
 
 
 def _resolved(node: DictConfig, key: str) -> Any:
