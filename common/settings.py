@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from common.errors import DataError
 
@@ -39,13 +39,10 @@ class CheckpointSettings:
         self.source = str(source)
         self.config: DictConfig = OmegaConf.create(dict(run_config or {}))
         if project is not None:
-            eval_conf = OmegaConf.load(CONF_ROOT / project / "eval.yaml")
-            protocol = eval_conf.get("eval") if isinstance(eval_conf, DictConfig) else None
-            stored = self.config.get("eval") or {}
+            protocol = _raw(OmegaConf.select(OmegaConf.load(CONF_ROOT / project / "eval.yaml"), "eval"))
+            stored = _raw(self.config.get("eval"))
             # The stored block wins; interpolations resolve against the checkpoint's own config on `select`.
-            merged = OmegaConf.merge(self.config, {"eval": OmegaConf.merge(protocol or {}, stored)})
-            assert isinstance(merged, DictConfig)
-            self.config = merged
+            self.config = OmegaConf.merge(self.config, {"eval": {**protocol, **stored}})  # type: ignore[assignment]
 
     def stored(self, key: str, default: Any = _MISSING) -> Any:
         """Returns the value of the dotted `key` in the checkpoint's settings (`default` when it has none).
@@ -88,3 +85,34 @@ class CheckpointSettings:
             print(f"note: {flag or key} {override} overrides the checkpoint's {key} ({self.source} {said})",
                   file=sys.stderr)
         return override
+
+
+def given_settings(node: Mapping[str, Any] | DictConfig, project: str, block: str = "eval") -> dict[str, Any]:
+    """Returns the settings of a composed eval config's `block` that differ from conf/<project>/eval.yaml's own.
+
+    Those are the ones the command line (or an experiment) set: they override the checkpoint's. A value is
+    compared as written, before interpolation, so `margin: ${model.margin}` left as it is counts as not given
+    (the checkpoint's margin applies, whatever `model.margin` the eval config composes).
+
+    Args:
+        node: the composed `cfg.eval` (or any block), interpolations unresolved.
+        project: whose `conf/<project>/eval.yaml` holds the defaults.
+        block: the block of that file to compare with.
+
+    Returns:
+        setting name -> resolved value, for the given settings only.
+    """
+    defaults = _raw(OmegaConf.select(OmegaConf.load(CONF_ROOT / project / "eval.yaml"), block))
+    node = node if isinstance(node, DictConfig) else OmegaConf.create(dict(node))
+    return {str(key): _resolved(node, str(key)) for key, value in _raw(node).items()
+            if key not in defaults or value != defaults[key]}
+
+
+def _raw(node: Any) -> dict[Any, Any]:
+    raw = OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else node
+    return dict(raw) if isinstance(raw, Mapping) else {}
+
+
+def _resolved(node: DictConfig, key: str) -> Any:
+    value = node[key]
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value

@@ -3,7 +3,9 @@ ckpt_path=best.ckpt` (or `weights=G_latest_T1.pth`, a plain generator state dict
 
 The through-plane axis is the one with the largest voxel size (from the affine); the output covers the same field
 of view with `scale` times thinner voxels along it and overlays the input in world space (see
-`projects.easysr.infer`). Bad input (not 3-D, NaN, unreadable) prints one line and exits with code 2; nothing
+`projects.easysr.infer`). A checkpoint runs as `eval.py` runs it: its own generator (and so its scale) and its
+sliding-window patch `model.eval_patch` (null: the whole volume at once); `patch=[d,h,w]` overrides the patch with
+a one-line note. A plain state dict (`weights=`) has no settings of its own: `model.*` of conf/easysr/predict.yaml. Bad input (not 3-D, NaN, unreadable) prints one line and exits with code 2; nothing
 is written then.
 """
 
@@ -21,12 +23,11 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from common.checkpoint import read_checkpoint  # noqa: E402
 from common.errors import DataError  # noqa: E402
 from common.io import load_nifti, save_nifti  # noqa: E402
+from common.settings import CheckpointSettings  # noqa: E402
 from common.weights import load_third_party  # noqa: E402
 from projects.easysr.infer import super_resolve  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "easysr"
-
-
 
 
 def load_generator(cfg: DictConfig) -> torch.nn.Module:
@@ -55,12 +56,24 @@ def load_generator(cfg: DictConfig) -> torch.nn.Module:
     return generator.eval()
 
 
+def patch_of(cfg: DictConfig) -> list[int] | None:
+    """Returns the LR patch of the sliding window: the checkpoint's `model.eval_patch` unless `cfg.patch` is given.
+
+    For a plain state dict (`weights=`) it is `cfg.patch`, else predict.yaml's `model.eval_patch`.
+    """
+    given = list(cfg.patch) if cfg.get("patch") else None
+    if not cfg.get("ckpt_path"):
+        return given or (list(cfg.model.eval_patch) if cfg.model.get("eval_patch") else None)
+    settings = CheckpointSettings(cfg.ckpt_path, read_checkpoint(cfg.ckpt_path).get("run_config"))
+    patch = settings.get("model.eval_patch", given, "patch", default=None)
+    return list(patch) if patch else None
+
+
 def predict(cfg: DictConfig) -> Path:
     """Reads `cfg.input`, super-resolves it and writes `cfg.output`; returns the output path."""
     scan = load_nifti(cfg.input, ndim=3)
     generator = load_generator(cfg)
-    patch = list(cfg.patch) if cfg.get("patch") else None
-    result = super_resolve(scan, generator, axis=cfg.get("axis"), patch=patch, overlap=float(cfg.overlap),
+    result = super_resolve(scan, generator, axis=cfg.get("axis"), patch=patch_of(cfg), overlap=float(cfg.overlap),
                            intensity=cfg.intensity, target_spacing=cfg.get("target_spacing"),
                            precision=str(cfg.precision))
     out = save_nifti(cfg.output, result.data, result.affine, header=scan.header)

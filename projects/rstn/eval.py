@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -26,6 +27,7 @@ from common.io.atomic import save_json  # noqa: E402
 from common.io.cache import VolumeCache  # noqa: E402
 from common.io.nifti import save_nifti  # noqa: E402
 from common.run import entry  # noqa: E402
+from common.settings import CheckpointSettings, given_settings  # noqa: E402
 from projects.rstn.data import load_split  # noqa: E402
 from projects.rstn.inference import (  # noqa: E402
     average_triplets,
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 PAPER = {"coarse_X": "70.60 (fold 0)", "coarse_Y": "70.72 (fold 0)", "coarse_Z": "70.43 (fold 0)",
          "fusion": "75.25 (fold 0, F2)", "oracle": "-", "coarse2fine": "84.62 (fold 0); 84.50 +/- 4.97, "
          "min 62.81, max 91.02 (paper, 4 folds)"}
-__all__ = ["average_triplets", "evaluate_rstn", "load_plane_model"]
+__all__ = ["Protocol", "average_triplets", "evaluate_rstn", "load_plane_model", "protocol_of"]
 
 
 def load_plane_model(path: str | Path, fallback_model: DictConfig | None = None) -> RSTN:
@@ -56,6 +58,55 @@ def load_plane_model(path: str | Path, fallback_model: DictConfig | None = None)
     has_config = "model" in (read_checkpoint(path).get("run_config") or {})
     module, _ = module_from_checkpoint(path, None if has_config else fallback_model)
     return module.net.eval()
+
+
+class Protocol(NamedTuple):
+    """The coarse-to-fine testing settings (`eval.*` of conf/rstn/eval.yaml; margin = the model's)."""
+
+    margin: int
+    max_rounds: int
+    stop_inter_dsc: float
+    threshold: float
+    post_ratio: float
+    batch_size: int
+    fine_batch_size: int
+    precision: str
+
+
+_TYPES = {"margin": int, "max_rounds": int, "stop_inter_dsc": float, "threshold": float, "post_ratio": float,
+          "batch_size": int, "fine_batch_size": int, "precision": str}
+
+
+def protocol_of(ckpt: str | Path, overrides: Mapping[str, Any] | None = None,
+                flags: Mapping[str, str] | None = None, fallback_model: DictConfig | None = None) -> Protocol:
+    """Returns the protocol a checkpoint is tested with: its own margin, conf/rstn/eval.yaml's rounds.
+
+    Args:
+        ckpt: a plane checkpoint written by train.py (its run config holds `model.margin`).
+        overrides: field -> value given by the user (None or absent: not given); a given one wins and is
+            reported in one line.
+        flags: field -> how the user writes it (`--margin`, `eval.margin`), for that line.
+        fallback_model: the model config of a checkpoint without a run config (as `load_plane_model`).
+
+    Raises:
+        DataError: unreadable checkpoint, or one without the settings.
+    """
+    run_config = read_checkpoint(ckpt).get("run_config") or ({"model": fallback_model} if fallback_model else None)
+    settings = CheckpointSettings(ckpt, run_config, project="rstn")
+    overrides, flags = overrides or {}, flags or {}
+    values = {name: settings.get(f"eval.{name}", overrides.get(name), flags.get(name)) for name in Protocol._fields}
+    return Protocol(**{name: _TYPES[name](value) for name, value in values.items()})
+
+
+def eval_settings(cfg: DictConfig) -> DictConfig:
+    """Returns `cfg.eval` with the protocol of the first plane's checkpoint (its margin, not the eval config's).
+
+    A protocol setting given on the command line (`eval.margin=7`) overrides the checkpoint's with a note.
+    """
+    given = {name: value for name, value in given_settings(cfg.eval, "rstn").items() if name in Protocol._fields}
+    protocol = protocol_of(cfg.checkpoints[cfg.eval.planes[0]], given, {name: f"eval.{name}" for name in given},
+                           cfg.model)
+    return OmegaConf.merge(OmegaConf.to_container(cfg.eval, resolve=True), protocol._asdict())
 
 
 def _write_mask(out_dir: Path, stage: str, case_id: str, mask: np.ndarray, affine: np.ndarray | None) -> None:
@@ -120,7 +171,7 @@ def format_table(stats: dict[str, dict[str, float]]) -> str:
 
 def evaluate_rstn(cfg: DictConfig) -> dict[str, Any]:
     """Runs the test chain of `cfg.eval` on the fold's cases; writes masks, per-case DSC and the summary."""
-    ev = cfg.eval
+    ev = eval_settings(cfg)
     models = {p: load_plane_model(cfg.checkpoints[p], cfg.model) for p in ev.planes}
     if ev.channels_last:
         models = {p: m.to(memory_format=torch.channels_last) for p, m in models.items()}

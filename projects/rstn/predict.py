@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from common.checkpoint import read_checkpoint
 from common.cli import exit_code_on_data_error
 from common.errors import DataError
 from common.io.nifti import load_nifti, save_nifti
-from common.settings import CheckpointSettings
-from projects.rstn.eval import load_plane_model
+from projects.rstn.eval import Protocol, load_plane_model, protocol_of
 from projects.rstn.inference import coarse_to_fine, predict_plane
 from projects.rstn.model import RSTN
 from projects.rstn.prepare import to_cache_layout, to_source_layout, window
@@ -46,43 +43,10 @@ def predict_volume(hu: np.ndarray, affine: np.ndarray, models: dict[str, RSTN], 
     return to_source_layout(result.mask, cache_affine)[0]
 
 
-class Protocol(NamedTuple):
-    """The coarse-to-fine testing settings (`eval.*` of conf/rstn/eval.yaml; margin = the model's)."""
-
-    margin: int
-    max_rounds: int
-    stop_inter_dsc: float
-    threshold: float
-    post_ratio: float
-    batch_size: int
-    fine_batch_size: int
-    precision: str
-
-
 #: Protocol field -> command-line flag that overrides the checkpoint's value.
 FLAGS = {"margin": "--margin", "max_rounds": "--max-rounds", "stop_inter_dsc": "--stop-inter-dsc",
          "threshold": "--threshold", "post_ratio": "--post-ratio", "fine_batch_size": "--fine-batch-size",
          "precision": "--precision"}
-
-
-_TYPES = {"margin": int, "max_rounds": int, "stop_inter_dsc": float, "threshold": float, "post_ratio": float,
-          "batch_size": int, "fine_batch_size": int, "precision": str}
-
-
-def protocol_of(ckpt: str | Path, overrides: Mapping[str, Any] | None = None) -> Protocol:
-    """Returns the protocol `eval.py` runs a checkpoint with: its own margin, conf/rstn/eval.yaml's rounds.
-
-    Args:
-        ckpt: a plane checkpoint written by train.py (its run config holds `model.margin`).
-        overrides: field -> command-line value (None: not given); a given one wins and is reported.
-
-    Raises:
-        DataError: unreadable checkpoint, or one without the settings.
-    """
-    settings = CheckpointSettings(ckpt, read_checkpoint(ckpt).get("run_config"), project="rstn")
-    overrides = overrides or {}
-    values = {name: settings.get(f"eval.{name}", overrides.get(name), FLAGS.get(name)) for name in Protocol._fields}
-    return Protocol(**{name: _TYPES[name](value) for name, value in values.items()})
 
 
 def _checkpoints(items: Sequence[str]) -> dict[str, str]:
@@ -109,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     checkpoints = _checkpoints(args.checkpoint)
     models = {p: load_plane_model(path) for p, path in checkpoints.items()}
-    protocol = protocol_of(next(iter(checkpoints.values())), {name: getattr(args, name) for name in FLAGS})
+    protocol = protocol_of(next(iter(checkpoints.values())), {name: getattr(args, name) for name in FLAGS}, FLAGS)
     volume = load_nifti(args.input, dtype=np.float32)
     mask = predict_volume(volume.data, volume.affine, models, protocol)
     save_nifti(Path(args.output), mask, volume.affine, header=volume.header, dtype=np.uint8)

@@ -5,7 +5,9 @@
 Table 2 protocol: each test scan is segmented whole (every axial slice, logit >= 0), Dice / IoU / precision /
 recall are computed on its 3-D mask (a zero division scores 0) and averaged over scans. Table 3 protocol: the
 test slices whose every 8-connected lesion component has at most 100 pixels are pooled and each metric is
-computed once over the pool. Writes ``<run dir>/eval_spin.json`` and prints a table.
+computed once over the pool. Writes ``<run dir>/eval_spin.json`` and prints a table; with ``eval.write_masks=true``
+also each scan's mask, ``<run dir>/masks/<scan>.nii.gz`` (uint8, on the RAS grid of the cached scan). The network,
+its slice context and the eval settings are the checkpoint's (as in ``predict.py``).
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import numpy as np  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from common.checkpoint import module_from_checkpoint  # noqa: E402
 from common.io.atomic import save_json  # noqa: E402
 from common.io.cache import VolumeCache  # noqa: E402
+from common.io.nifti import save_nifti  # noqa: E402
 from common.metrics import confusion_counts, scores_from_counts  # noqa: E402
-from common.run import entry, load_module, output_dir, resolve_ckpt_path  # noqa: E402
+from common.run import entry, output_dir, resolve_ckpt_path  # noqa: E402
+from common.settings import given_settings  # noqa: E402
 from projects.spin.data import small_lesion_slices  # noqa: E402
-from projects.spin.predict import logits_function, predict_volume  # noqa: E402
+from projects.spin.predict import inference_of, logits_function, predict_volume  # noqa: E402
 from projects.spin.prepare import volume_xyz  # noqa: E402
 
 METRICS = ("dice", "iou", "precision", "recall")
@@ -79,21 +84,31 @@ def format_table(results: dict[str, Any], model_name: str) -> str:
 
 
 def evaluate_spin(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluates ``cfg.ckpt_path`` on ``cfg.eval.split``; writes and returns the results."""
-    module = load_module(cfg, resolve_ckpt_path(cfg)).eval()
+    """Evaluates ``cfg.ckpt_path`` on ``cfg.eval.split``; writes and returns the results.
+
+    The network and its inference settings are the checkpoint's (see `predict.inference_of`); an `eval.*`
+    setting given on the command line overrides the checkpoint's with a note.
+    """
+    ckpt = resolve_ckpt_path(cfg)
+    module, run_config = module_from_checkpoint(ckpt)
+    given = given_settings(cfg.eval, "spin")
+    run = inference_of(ckpt, run_config, given, {field: f"eval.{field}" for field in given})
     datamodule = instantiate(cfg.data, _recursive_=False)
     datamodule.prepare_data()
     cache = VolumeCache(datamodule.hparams.cache_dir)
     scan_ids = datamodule.sets[cfg.eval.split]
-    logits_fn = logits_function(module, bool(cfg.eval.tta_flip), str(cfg.eval.precision) == "bf16")
-    n_chunk = int(cfg.data.n_chunk)
+    logits_fn = logits_function(module, run.tta_flip, run.precision == "bf16")
 
     def predict_mask(scan: str) -> np.ndarray:
-        return predict_volume(logits_fn, np.asarray(volume_xyz(cache, scan, "t1")), n_chunk, cfg.eval.batch_size)
+        mask = predict_volume(logits_fn, np.asarray(volume_xyz(cache, scan, "t1")), run.n_chunk, run.batch_size)
+        if cfg.eval.write_masks:
+            save_nifti(output_dir(cfg) / "masks" / f"{scan}.nii.gz", mask, cache.affine(scan), dtype=np.uint8)
+        return mask
 
     results = score_masks(predict_mask, cache, scan_ids, int(cfg.data.small_max_px))
     model_name = type(module.net).__name__
     results.update({"checkpoint": str(cfg.ckpt_path), "split": cfg.eval.split, "model": model_name,
+                    "settings": run._asdict(),
                     "paper": {k: {t: dict(zip(METRICS, v)) for t, v in rows.items()} for k, rows in PAPER.items()}})
     save_json(output_dir(cfg) / "eval_spin.json", results)
     print(format_table(results, model_name))

@@ -6,14 +6,19 @@
 The scan is reoriented to RAS+ (a permutation/flip of the array, no resampling) so that axis 2 is axial, segmented
 slice by slice in batches, and the mask is permuted back: the output has exactly the input's shape and affine.
 The model expects ATLAS-like input: skull-stripped, MNI-registered, intensities on the ATLAS 0-100 scale.
+
+The network and its settings are the checkpoint's own, as `eval.py` runs it: the slice context `data.n_chunk`
+of its run config, the flip averaging, precision and batch of `eval:` in conf/spin/eval.yaml. `--tta-flip`,
+`--bf16` and `--batch-size` override them with a one-line note.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -23,6 +28,7 @@ from common.checkpoint import module_from_checkpoint
 from common.cli import exit_code_on_data_error
 from common.inference import predict_by_slices
 from common.io.nifti import load_nifti, save_nifti
+from common.settings import CheckpointSettings
 from projects.spin.data import normalise
 
 
@@ -89,14 +95,40 @@ def segment_nifti(logits_fn: Callable, input_path: str | Path, output_path: str 
     return save_nifti(output_path, mask, volume.affine, header=volume.header, dtype=np.uint8)
 
 
-def load_checkpoint_module(ckpt_path: str | Path) -> tuple[torch.nn.Module, int]:
-    """Returns (the trained module in eval mode, its n_chunk) from a checkpoint written by ``train.py``.
+class Inference(NamedTuple):
+    """How a checkpoint segments a scan."""
+
+    n_chunk: int  # adjacent slices per input (data.n_chunk of the run config)
+    batch_size: int  # slices per forward pass (eval.batch_size)
+    tta_flip: bool  # average with the left-right flipped slices (eval.tta_flip)
+    precision: str  # "32" or "bf16" (eval.precision)
+
+
+#: Inference field -> where the checkpoint's settings hold it (`eval.*`: conf/spin/eval.yaml unless stored).
+SETTINGS = {"n_chunk": "data.n_chunk", "batch_size": "eval.batch_size", "tta_flip": "eval.tta_flip",
+            "precision": "eval.precision"}
+#: Inference field -> the predict flag that overrides the checkpoint's value.
+FLAGS = {"batch_size": "--batch-size", "tta_flip": "--tta-flip", "precision": "--bf16"}
+
+
+def inference_of(ckpt: str | Path, run_config: dict | None, overrides: Mapping[str, Any] | None = None,
+                 flags: Mapping[str, str] | None = None) -> Inference:
+    """Returns the inference settings of a checkpoint, each overridden (with a one-line note) when given.
+
+    Args:
+        ckpt: the checkpoint file (named in notes and errors).
+        run_config: its run config.
+        overrides: field -> given value (None or absent: not given).
+        flags: field -> how the user writes it (default: predict's flags).
 
     Raises:
-        DataError: missing or unreadable checkpoint, or one without the run config.
+        DataError: the run config has no `data.n_chunk`.
     """
-    module, config = module_from_checkpoint(ckpt_path)
-    return module, int(config["data"]["n_chunk"])
+    settings = CheckpointSettings(ckpt, run_config, project="spin")
+    overrides, flags = overrides or {}, FLAGS if flags is None else flags
+    values = {field: settings.get(key, overrides.get(field), flags.get(field)) for field, key in SETTINGS.items()}
+    return Inference(int(values["n_chunk"]), int(values["batch_size"]), bool(values["tta_flip"]),
+                     str(values["precision"]))
 
 
 @exit_code_on_data_error
@@ -105,13 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt", required=True, help="checkpoint written by projects/spin/train.py")
     parser.add_argument("--input", required=True, help="T1 NIfTI (.nii or .nii.gz), any orientation")
     parser.add_argument("--output", required=True, help="mask NIfTI to write (uint8, same grid and affine)")
-    parser.add_argument("--tta-flip", action="store_true", help="average with the W-flipped prediction")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on recent CPUs)")
-    parser.add_argument("--batch-size", type=int, default=32, help="slices per forward pass")
+    parser.add_argument("--tta-flip", action="store_true", default=None,
+                        help="average with the W-flipped prediction (default: the checkpoint's eval.tta_flip)")
+    parser.add_argument("--bf16", action="store_true", default=None,
+                        help="bfloat16 autocast, faster on recent CPUs (default: the checkpoint's eval.precision)")
+    parser.add_argument("--batch-size", type=int, default=None, help="slices per forward pass")
     args = parser.parse_args(argv)
-    module, n_chunk = load_checkpoint_module(args.ckpt)
-    out = segment_nifti(logits_function(module, args.tta_flip, args.bf16), args.input, args.output, n_chunk,
-                        args.batch_size)
+    module, run_config = module_from_checkpoint(args.ckpt)
+    run = inference_of(args.ckpt, run_config, {"batch_size": args.batch_size, "tta_flip": args.tta_flip,
+                                               "precision": "bf16" if args.bf16 else None})
+    out = segment_nifti(logits_function(module, run.tta_flip, run.precision == "bf16"), args.input, args.output,
+                        run.n_chunk, run.batch_size)
     print(f"wrote {out}")
     return 0
 

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from common.errors import DataError
-from common.io import Volume, load_nifti, save_nifti
+from common.io import Volume, load_nifti, save_nifti, scale_axis_affine
 from projects.easysr.infer import super_resolve, upsample_normalised
 from projects.easysr.model import EasySRGenerator
 from projects.easysr.predict import predict
@@ -177,3 +177,94 @@ def test_generator_from_a_training_checkpoint_uses_its_own_config(tmp_path):
         torch.save({"conv3.weight": torch.zeros(1)}, tmp_path / "bad.pth")
         load_generator(OmegaConf.create({"ckpt_path": None, "weights": str(tmp_path / "bad.pth"),
                                          "model": {"generator": {"_target_": "projects.easysr.model.EasySRGenerator"}}}))
+
+
+# Eval and predict of a tiny trained run: scale 2 along raw axis 2 and a fixed eval patch, none of them the code's
+# or eval.yaml's defaults (scale 3, axis 1, predict's former [128, 32, 128] window).
+TRAINED = ["data.scale=2", "data.axis=2", "model.eval_patch=[6,4,6]", "model.generator.width=4",
+           "model.generator.n_res=1"]
+
+
+def _compose(config: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from common.run import CONF_ROOT
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_ROOT / "easysr"), version_base="1.3"):
+        return compose(config, overrides=overrides)
+
+
+def _eval_outputs(cfg) -> tuple[list[torch.Tensor], list]:
+    """Runs eval.py's test with `cfg`; returns the volumes its test step super-resolved and their patches."""
+    from projects.easysr import module as easysr_module
+    from projects.easysr.eval import evaluate_easysr
+
+    outputs, patches = [], []
+    upsample = easysr_module.upsample_normalised
+
+    def spy(generator, lr, patch=None, *args, **kwargs):
+        outputs.append(upsample(generator, lr, patch, *args, **kwargs))
+        patches.append(None if patch is None else list(patch))
+        return outputs[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(easysr_module, "upsample_normalised", spy)
+        evaluate_easysr(cfg)
+    return outputs, patches
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One epoch of a narrow `experiment=demo`; eval's output for the held-out validation volume; its thick NIfTI."""
+    from common.run import train
+    from common.synthetic import isotropic_volume, write_ratbrain_nifti
+    from projects.easysr.ops import make_lr
+
+    out = tmp_path_factory.mktemp("easysr_demo_run")
+    raw = out / "train_data"
+    write_ratbrain_nifti(raw, {f"rat{i}": isotropic_volume(i, (16, 18, 16)) for i in range(3)}, "training")
+    held_out = write_ratbrain_nifti(raw, {"held": isotropic_volume(7, (16, 18, 16))}, "validation")[0]
+    data = [f"data.raw_dir={raw}", f"data.cache_dir={out / 'cache'}", "logger=none", "callbacks=minimal"]
+    train(_compose("train", ["experiment=demo", *data, *TRAINED, "trainer.max_epochs=1", "data.batch_size=2",
+                             "data.patches_per_volume=1", "+trainer.limit_val_batches=0", "test_after_fit=false",
+                             f"paths.output_dir={out / 'run'}"]))
+    ckpt = out / "run" / "checkpoints" / "last.ckpt"
+    outputs, patches = _eval_outputs(_compose("eval", [*data, f"ckpt_path={ckpt}", f"paths.output_dir={out}"]))
+    source = load_nifti(held_out)  # the raw layout: made thick along axis 2 by 2, as training did
+    hr = np.moveaxis(source.data.astype(np.float32), 2, 1)
+    affine = source.affine[:, [0, 2, 1, 3]]
+    thick = save_nifti(out / "held_thick.nii.gz", make_lr(hr, axis=1, scale=2),
+                       scale_axis_affine(affine, 1, 0.5, anchor="extent"))
+    return {"ckpt": ckpt, "thick": thick, "hr_affine": affine, "out": out, "eval": outputs, "patches": patches}
+
+
+def _predict_checkpoint(run: dict, name: str, **given) -> Volume:
+    cfg = OmegaConf.create({"input": str(run["thick"]), "output": str(run["out"] / name), "ckpt_path": str(run["ckpt"]),
+                            "weights": None, "axis": None, "patch": None, "overlap": 0.25, "intensity": "normalised",
+                            "target_spacing": None, "precision": "32", "model": {"generator": {}}, **given})
+    return load_nifti(predict(cfg), dtype=np.float32)
+
+
+def test_predict_equals_eval_with_the_checkpoints_scale_and_patch(demo_run: dict, capsys) -> None:
+    assert len(demo_run["eval"]) == 1 and demo_run["patches"] == [[6, 4, 6]]  # the checkpoint's, not eval.yaml's
+    expected = demo_run["eval"][0].numpy()
+    predicted = _predict_checkpoint(demo_run, "sr.nii.gz")
+    assert predicted.shape == expected.shape == (16, 16, 18)  # 8 thick voxels x 2 along the thick axis
+    np.testing.assert_allclose(predicted.data, expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(predicted.affine, demo_run["hr_affine"], atol=1e-6)  # the HR grid it came from
+    assert "overrides" not in capsys.readouterr().err
+
+
+def test_patch_given_overrides_the_checkpoint_and_says_so(demo_run: dict, capsys) -> None:
+    whole = _predict_checkpoint(demo_run, "sr_whole.nii.gz", patch=[16, 8, 18])
+    assert not np.allclose(whole.data, demo_run["eval"][0].numpy(), atol=1e-3)  # a window changes the voxels
+    err = capsys.readouterr().err
+    assert "note: patch [16, 8, 18] overrides the checkpoint's model.eval_patch" in err and "has [6, 4, 6])" in err
+    cfg = _compose("eval", [f"data.raw_dir={demo_run['out'] / 'train_data'}", f"data.cache_dir={demo_run['out'] / 'cache'}",
+                            "logger=none", "callbacks=minimal", f"ckpt_path={demo_run['ckpt']}",
+                            f"paths.output_dir={demo_run['out'] / 'eval_whole'}", "eval.patch=[16,8,18]"])
+    outputs, patches = _eval_outputs(cfg)
+    assert patches == [[16, 8, 18]] and "note: eval.patch [16, 8, 18] overrides" in capsys.readouterr().err
+    np.testing.assert_allclose(whole.data, outputs[0].numpy(), rtol=1e-5, atol=1e-4)

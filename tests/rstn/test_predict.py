@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -41,11 +42,31 @@ def demo_run(synthetic_cache: Path, tmp_path_factory: pytest.TempPathFactory) ->
                                     f"paths.output_dir={out / 'run'}", "+trainer.enable_progress_bar=false",
                                     "+trainer.enable_model_summary=false", *TINY_RUN]))
     ckpt = out / "run" / "Z" / "checkpoints" / "last.ckpt"
-    evaluate_rstn(_compose("eval", [*data, f"paths.output_dir={out}", f"checkpoints.Z={ckpt}", "eval.planes=[Z]",
-                                    "eval.stages=[coarse2fine]", f"eval.out_dir={out / 'eval'}"]))
+    _, eval_margins = _margins_used(evaluate_rstn, _eval_config(data, out, ckpt, "eval"))
     hu, _, affine = ct_abdomen(3, shape=(32, 32, 16))  # synth000 of the cache (prepare_synthetic seed 3), held out
     ct = save_nifti(out / "synth000_ct.nii.gz", hu, affine, dtype=np.float32)
-    return {"ckpt": ckpt, "ct": ct, "eval_mask": out / "eval" / "coarse2fine" / "synth000.nii.gz", "out": out}
+    return {"ckpt": ckpt, "ct": ct, "eval_mask": out / "eval" / "coarse2fine" / "synth000.nii.gz", "out": out,
+            "data": data, "eval_margins": eval_margins}
+
+
+def _eval_config(data: list[str], out: Path, ckpt: Path, name: str, *overrides: str):
+    """Eval's config without `experiment=demo`: its own model.margin is then the paper's 20, the checkpoint's 5."""
+    data = ["data=synthetic" if item == "experiment=demo" else item for item in data]
+    return _compose("eval", [*data, f"paths.output_dir={out}", f"checkpoints.Z={ckpt}", "eval.planes=[Z]",
+                             "eval.stages=[coarse2fine]", f"eval.out_dir={out / name}", *overrides])
+
+
+def _margins_used(fn, *args) -> tuple[Any, set[int]]:
+    """Returns `fn(*args)` and the crop margins its fine stage used."""
+    margins = []
+
+    def fine_plane_spy(*spied, **kwargs):
+        margins.append(spied[5])  # image, score, mask, plane, model, margin
+        return fine_plane(*spied, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(inference, "fine_plane", fine_plane_spy)
+        return fn(*args), set(margins)
 
 
 def _predict(run: dict, name: str, *flags: str) -> np.ndarray:
@@ -55,18 +76,12 @@ def _predict(run: dict, name: str, *flags: str) -> np.ndarray:
     return np.asarray(nib.load(output).dataobj)
 
 
-def test_predict_equals_eval_with_the_checkpoints_margin(demo_run: dict, monkeypatch, capsys) -> None:
-    margins = []
-
-    def fine_plane_spy(*args, **kwargs):
-        margins.append(args[5])  # image, score, mask, plane, model, margin
-        return fine_plane(*args, **kwargs)
-
-    monkeypatch.setattr(inference, "fine_plane", fine_plane_spy)
+def test_predict_equals_eval_with_the_checkpoints_margin(demo_run: dict, capsys) -> None:
     expected = np.asarray(nib.load(demo_run["eval_mask"]).dataobj)
     assert expected.any()  # the fine stage ran
-    np.testing.assert_array_equal(_predict(demo_run, "default.nii.gz"), expected)
-    assert margins and set(margins) == {5}  # the demo model's margin, not the code's 20
+    predicted, margins = _margins_used(_predict, demo_run, "default.nii.gz")
+    np.testing.assert_array_equal(predicted, expected)
+    assert margins == demo_run["eval_margins"] == {5}  # the demo model's margin, not the eval config's 20
     assert "overrides" not in capsys.readouterr().err
 
 
@@ -77,6 +92,16 @@ def test_flags_override_the_checkpoint_and_say_so(demo_run: dict, capsys) -> Non
     assert "--threshold 0.999 overrides the checkpoint's eval.threshold" in err and "has 0.5" in err
     _predict(demo_run, "margin20.nii.gz", "--margin", "20")
     assert "--margin 20 overrides the checkpoint's eval.margin" in capsys.readouterr().err
+
+
+def test_eval_margin_given_overrides_the_checkpoint_and_says_so(demo_run: dict, capsys) -> None:
+    cfg = _eval_config(demo_run["data"], demo_run["out"], demo_run["ckpt"], "eval_margin20", "eval.margin=20")
+    _, margins = _margins_used(evaluate_rstn, cfg)
+    assert margins == {20}
+    err = capsys.readouterr().err
+    assert "note: eval.margin 20 overrides the checkpoint's eval.margin" in err and "has 5)" in err
+    wide = np.asarray(nib.load(demo_run["out"] / "eval_margin20" / "coarse2fine" / "synth000.nii.gz").dataobj)
+    np.testing.assert_array_equal(_predict(demo_run, "margin20_again.nii.gz", "--margin", "20"), wide)
 
 
 def test_an_unwritable_output_folder_is_one_line_and_leaves_nothing(demo_run: dict, tmp_path: Path, capsys) -> None:

@@ -1,17 +1,27 @@
-"""predict keeps the input grid and affine (oblique, flipped axes); augmentation keeps image and label aligned."""
+"""predict keeps the input grid and affine (oblique, flipped axes) and gives eval's mask with the checkpoint's
+settings; augmentation keeps image and label aligned."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
 from common.io.nifti import save_nifti
+from common.run import CONF_ROOT, train
+from projects.spin import predict as spin_predict
 from projects.spin.augment import augment_batch
 from projects.spin.data import normalise
+from projects.spin.eval import evaluate_spin
 from projects.spin.predict import logits_function, predict_volume, segment_nifti
+from tests.spin.test_train import TINY_SPIN
 
 
 def _threshold_net(x: torch.Tensor) -> torch.Tensor:
@@ -82,3 +92,82 @@ def test_zoom_crops_the_true_centre() -> None:
         _, out = augment_batch(image, label, gate_prob=1.0, noise_prob=0.0, max_degrees=0.0, zoom=(1.09, 1.1))
         # A centre pixel stays at the centre whatever the flips and zoom (a corner crop would shift it).
         assert out[0, 0, 20, 20] == 1
+
+
+# Where the synthetic scans are (data group), not what the model is: eval's own model config stays the paper's.
+DATA = ["data=synthetic", "data.n_train=4", "data.n_test=2", "data.shape=[32,40,24]"]
+
+
+def _compose(config: str, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_ROOT / "spin"), version_base="1.3"):
+        return compose(config, overrides=overrides)
+
+
+def _contexts(fn, *args) -> tuple[Any, set[int]]:
+    """Returns `fn(*args)` and the slice contexts (neighbours per side) the segmentation ran with."""
+    contexts = set()
+    by_slices = spin_predict.predict_by_slices
+
+    def spy(*spied, **kwargs):
+        contexts.add(kwargs["context"])
+        return by_slices(*spied, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(spin_predict, "predict_by_slices", spy)
+        return fn(*args), contexts
+
+
+def _eval(run: dict, name: str, *overrides: str) -> Path:
+    out = run["out"] / name
+    evaluate_spin(_compose("eval", [*DATA, f"data.root={run['data']}", f"ckpt_path={run['ckpt']}",
+                                    "eval.write_masks=true", f"paths.output_dir={out}", *overrides]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One epoch of a narrow `experiment=demo` with 3-slice inputs; eval's masks of the two test scans."""
+    out = tmp_path_factory.mktemp("spin_demo_run")
+    run = {"out": out, "data": out / "synthetic", "ckpt": out / "run" / "checkpoints" / "last.ckpt"}
+    train(_compose("train", ["experiment=demo", *DATA, f"data.root={run['data']}", *TINY_SPIN, "data.n_chunk=3",
+                             "data.samples_per_scan=2", "data.batch_size=4", "trainer.max_epochs=1",
+                             "+trainer.limit_val_batches=0", "test_after_fit=false", "logger=none",
+                             f"paths.output_dir={out / 'run'}"]))
+    run["eval"], run["eval_contexts"] = _contexts(_eval, run, "eval")
+    scan = json.loads((run["data"] / "split.json").read_text())["test"][0]
+    run["scan"], run["t1"] = scan, run["data"] / "raw" / scan[:5] / scan / f"{scan}_t1w_stx.nii.gz"
+    return run
+
+
+def _predict(run: dict, name: str, *flags: str) -> nib.Nifti1Image:
+    output = run["out"] / name
+    assert spin_predict.main(["--ckpt", str(run["ckpt"]), "--input", str(run["t1"]), "--output", str(output),
+                              *flags]) == 0
+    return nib.load(output)
+
+
+def test_predict_equals_eval_with_the_checkpoints_network_and_context(demo_run: dict, capsys) -> None:
+    expected = nib.load(demo_run["eval"] / "masks" / f"{demo_run['scan']}.nii.gz")
+    predicted, contexts = _contexts(_predict, demo_run, "default.nii.gz")
+    assert predicted.shape == nib.load(demo_run["t1"]).shape
+    np.testing.assert_allclose(predicted.affine, nib.load(demo_run["t1"]).affine, atol=1e-5)  # the input's grid
+    canonical = nib.as_closest_canonical(predicted)  # eval's masks lie on the cached scan's RAS grid
+    np.testing.assert_array_equal(np.asarray(canonical.dataobj), np.asarray(expected.dataobj))
+    np.testing.assert_allclose(canonical.affine, expected.affine, atol=1e-5)
+    assert contexts == demo_run["eval_contexts"] == {1}  # n_chunk 3 of the checkpoint, not the code's 5
+    assert "overrides" not in capsys.readouterr().err
+
+
+def test_flags_override_the_checkpoint_and_say_so(demo_run: dict, capsys) -> None:
+    flipped = _predict(demo_run, "flipped.nii.gz", "--tta-flip", "--batch-size", "7")
+    default = np.asarray(nib.load(demo_run["out"] / "default.nii.gz").dataobj)
+    assert not np.array_equal(np.asarray(flipped.dataobj), default)  # the flag changes the mask
+    err = capsys.readouterr().err
+    assert "note: --tta-flip True overrides the checkpoint's eval.tta_flip" in err and "has False)" in err
+    assert "note: --batch-size 7 overrides the checkpoint's eval.batch_size" in err and "has 32)" in err
+    out = _eval(demo_run, "eval_flipped", "eval.tta_flip=true", "eval.batch_size=7")
+    assert "note: eval.tta_flip True overrides the checkpoint's eval.tta_flip" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.asarray(nib.as_closest_canonical(flipped).dataobj),
+                                  np.asarray(nib.load(out / "masks" / f"{demo_run['scan']}.nii.gz").dataobj))
+    assert json.loads((out / "eval_spin.json").read_text())["settings"]["tta_flip"] is True
