@@ -6,6 +6,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from common.adversarial import AdversarialModule, GeneratorStep, r1_penalty
@@ -47,11 +49,12 @@ class ToyGAN(AdversarialModule):
                 + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
 
 
-def _fit(module: ToyGAN, epochs: int = 1) -> pl.Trainer:
+def _fit(module: ToyGAN, epochs: int = 1, **trainer_options) -> pl.Trainer:
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(4, module.hparams.width, generator=g), torch.randn(4, 2, generator=g) + 3)]
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    options = {"logger": False, **trainer_options}
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, **options)
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     return trainer
 
@@ -88,13 +91,18 @@ def test_untrained_discriminator_keeps_its_weights_and_arguments_are_hyper_param
     assert module.hparams.width == 3 and module.hparams.optimizer == ADAM and not module.hparams.train_d
 
 
-def test_optimiser_groups_are_named_and_both_schedulers_step_once_per_epoch():
+def test_optimiser_groups_are_named_and_both_schedulers_step_once_per_epoch(tmp_path):
     step = {"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": 1, "gamma": 0.5}
     module = ToyGAN(ADAM, {**ADAM, "lr": 4e-2}, step, step)
-    trainer = _fit(module, epochs=2)
+    monitor = LearningRateMonitor(logging_interval="epoch")
+    trainer = _fit(module, epochs=2, logger=CSVLogger(tmp_path), callbacks=[monitor])
     groups = [opt.param_groups[0] for opt in trainer.optimizers]
     assert [g["name"] for g in groups] == ["generator", "discriminator"]
     assert [g["lr"] for g in groups] == pytest.approx([1e-2 / 4, 4e-2 / 4])
+    # the learning-rate monitor's names say which network; one value per epoch, before that epoch's step
+    assert sorted(monitor.lrs) == ["lr-Adam-1/discriminator", "lr-Adam/generator"]
+    assert monitor.lrs["lr-Adam/generator"] == pytest.approx([1e-2, 1e-2 / 2])
+    assert monitor.lrs["lr-Adam-1/discriminator"] == pytest.approx([4e-2, 4e-2 / 2])
 
 
 def test_missing_discriminator_optimiser_is_named():
