@@ -139,3 +139,6 @@ def test_checkpoints_with_the_earlier_optimiser_keys_still_load(tmp_path):
     opt_g, opt_d = loaded.configure_optimizers()
     assert opt_g.param_groups[0]["lr"] == 3e-4 and opt_g.param_groups[0]["name"] == "generator"
     torch.testing.assert_close(loaded.generator.state_dict(), module.generator.state_dict())
+    # an eval config that carries the checkpoint's stored model config is mapped the same way
+    given, _ = module_from_checkpoint(tmp_path / "old.ckpt", OmegaConf.create(stored))
+    assert given.hparams.optimizer == loaded.hparams.optimizer and "optimizer_d" not in given.hparams
