@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import Container, DictConfig, OmegaConf, open_dict
 
 from common.errors import DataError
@@ -95,6 +95,23 @@ def instantiate_model(model_cfg: Any) -> Any:
         raise
 
 
+def upgrade_stored_config(model_cfg: Any) -> Any:
+    """Returns a model config read from a checkpoint in the vocabulary its module speaks today.
+
+    A LightningModule whose arguments were renamed or restructured defines a classmethod
+    `upgrade_config(config: dict) -> dict` that maps what earlier versions stored (and returns today's configs
+    unchanged); the class comes from the config's `_target_`. Such a config comes back as a plain, resolved dict;
+    configs of modules without the hook, or whose class does not import (instantiation then reports it), come
+    back as they are.
+    """
+    try:
+        cls = get_class(str(model_cfg.get("_target_")))
+    except Exception:  # noqa: BLE001 - instantiate_model names the bad target
+        return model_cfg
+    upgrade = getattr(cls, "upgrade_config", None)
+    return dict(upgrade(dict(plain_containers(model_cfg)))) if callable(upgrade) else model_cfg
+
+
 def load_state_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
                       source: str | os.PathLike | None, what: str = "the configured model") -> None:
     """Loads `state_dict` into `module` strictly.
@@ -119,7 +136,8 @@ def module_from_checkpoint(path: str | os.PathLike, model_cfg: Any = None) -> tu
     Args:
         path: a checkpoint written by `common.run.train` or `common.weights.write_imported_checkpoint` (it
             carries `run_config`).
-        model_cfg: the model config to build instead of the checkpoint's own (None: use the checkpoint's).
+        model_cfg: the model config to build instead of the checkpoint's own (None: use the checkpoint's). Either
+            goes through `upgrade_stored_config`, since an eval config may carry the checkpoint's stored one.
 
     Raises:
         DataError: unreadable file, no weights, no config, or weights that do not fit the model.
@@ -132,7 +150,7 @@ def module_from_checkpoint(path: str | os.PathLike, model_cfg: Any = None) -> tu
         if "model" not in config:
             raise DataError(path, "the checkpoint carries no run config: pass the model config")
         model_cfg = config["model"]
-    module = instantiate_model(model_cfg)
+    module = instantiate_model(upgrade_stored_config(model_cfg))
     load_state_strict(module, ckpt["state_dict"], path)
     return module.eval(), config
 

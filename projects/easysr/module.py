@@ -1,11 +1,11 @@
-"""EasySR LightningModule: generator + discriminator with manual optimisation (two Adam optimisers).
+"""EasySR LightningModule: generator + discriminator, one step each per batch (`common.adversarial`).
 
 Per training step: the generator minimises `voxel_loss(G(lr), hr) + adversarial_weight * BCE(D(G(lr)), real)`,
 then (if `train_discriminator`) the discriminator minimises `(BCE(D(hr), real) + BCE(D(G(lr).detach()), fake))/2`.
-D returns logits and the losses apply the sigmoid once (`binary_cross_entropy_with_logits`). Mixed precision
-comes from the Trainer's `precision`: `manual_backward` and the optimisers' `step` go through Lightning's
-precision plugin, so no scaler is managed here. Lightning puts the module in train mode for training and in
-eval mode for validation, so BN uses batch statistics while training and running statistics while evaluating.
+D returns logits and the losses apply the sigmoid once (`binary_cross_entropy_with_logits`). The optimisers are
+`optimizer` (G) and `d_optimizer` (D); checkpoints that stored them as `optimizer_g` / `optimizer_d` are mapped
+when read. Lightning puts the module in train mode for training and in eval mode for validation, so BN uses
+batch statistics while training and running statistics while evaluating.
 
 Reference behaviours kept as options (`experiment=reference`): `adversarial_weight=0` (the reference never feeds
 D back to G), `double_sigmoid=true` (its D loss applies BCE-with-logits to sigmoid outputs), and
@@ -16,27 +16,30 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from common.adversarial import AdversarialModule, GeneratorStep
 from projects.easysr.data import SRSample
 from projects.easysr.infer import upsample_normalised
 from projects.easysr.ops import psnr_easysr, spline_upsample, ssim_easysr
 
 _VOXEL_LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
+# optimiser keys of checkpoints written before every project used `optimizer` / `d_optimizer`
+_RENAMED_KEYS = {"optimizer_g": "optimizer", "optimizer_d": "d_optimizer"}
 
 
-class EasySRModule(pl.LightningModule):
+class EasySRModule(AdversarialModule):
     """Trains the EasySR generator (and its discriminator) on (LR, HR) pairs in [0, 255].
 
     Args:
         generator: config of the generator (`projects.easysr.model.EasySRGenerator`).
         discriminator: config of the discriminator (`projects.easysr.model.PatchDiscriminator3D`).
-        optimizer_g: partial optimiser config for G (Adam 2e-4, betas 0.5/0.999 in the reference).
-        optimizer_d: partial optimiser config for D.
+        optimizer: partial optimiser config for G (Adam 2e-4, betas 0.5/0.999 in the reference).
+        d_optimizer: partial optimiser config for D.
+        scheduler / d_scheduler: optional partial LR schedulers of G / D, stepped every epoch.
         voxel_loss: "mse" (reference) or "l1".
         adversarial_weight: weight of the adversarial term in G's loss (0 = the reference's plain regression).
         train_discriminator: run the D step (the reference does, although D never reaches G's loss).
@@ -46,27 +49,34 @@ class EasySRModule(pl.LightningModule):
         eval_ssim: compute the slice-wise SSIM during validation (slow on big volumes; always on in test).
     """
 
+    log_epoch_means = True
+
     def __init__(self, generator: DictConfig | dict, discriminator: DictConfig | dict,
-                 optimizer_g: DictConfig | dict, optimizer_d: DictConfig | dict, voxel_loss: str = "mse",
-                 adversarial_weight: float = 0.0, train_discriminator: bool = True, double_sigmoid: bool = False,
-                 freeze_generator_bn_after: int | None = None, eval_patch: list[int] | None = None,
-                 eval_ssim: bool = True) -> None:
-        super().__init__()
+                 optimizer: DictConfig | dict, d_optimizer: DictConfig | dict,
+                 scheduler: DictConfig | dict | None = None, d_scheduler: DictConfig | dict | None = None,
+                 voxel_loss: str = "mse", adversarial_weight: float = 0.0, train_discriminator: bool = True,
+                 double_sigmoid: bool = False, freeze_generator_bn_after: int | None = None,
+                 eval_patch: list[int] | None = None, eval_ssim: bool = True) -> None:
+        super().__init__(optimizer, d_optimizer, scheduler, d_scheduler)
         if voxel_loss not in _VOXEL_LOSSES:
             raise ValueError(f"voxel_loss must be one of {sorted(_VOXEL_LOSSES)}, got {voxel_loss!r}")
-        self.save_hyperparameters(logger=False)
-        self.automatic_optimization = False
         self.generator = instantiate(generator)
         self.discriminator = instantiate(discriminator)
+
+    @classmethod
+    def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Returns a stored model config with the optimiser keys of earlier versions renamed."""
+        return {_RENAMED_KEYS.get(key, key): value for key, value in config.items()}
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         """Returns G(lr): `[B, 1, D, H * scale, W]` from `[B, 1, D, H, W]`."""
         return self.generator(lr)
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        opt_g = instantiate(self.hparams.optimizer_g)(params=self.generator.parameters())
-        opt_d = instantiate(self.hparams.optimizer_d)(params=self.discriminator.parameters())
-        return [opt_g, opt_d]
+    def generator_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.generator.parameters())
+
+    def discriminator_trains(self) -> bool:
+        return bool(self.hparams.train_discriminator)
 
     def _gan_loss(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
         logits = logits.float()
@@ -82,34 +92,22 @@ class EasySRModule(pl.LightningModule):
                 if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
                     layer.eval()
 
-    def training_step(self, batch: SRSample, batch_idx: int) -> torch.Tensor:
-        opt_g, opt_d = self.optimizers()
+    def generator_step(self, batch: SRSample) -> GeneratorStep:
         lr, hr = batch.lr, batch.hr
-        weight = float(self.hparams.adversarial_weight)
-        self.toggle_optimizer(opt_g)
         sr = self.generator(lr)
         voxel = _VOXEL_LOSSES[self.hparams.voxel_loss](sr.float(), hr)
-        loss_g = voxel
+        logs = {"train/voxel_loss": voxel}
+        weight = float(self.hparams.adversarial_weight)
+        loss = voxel
         if weight > 0:
             adversarial = self._gan_loss(self.discriminator(sr), real=True)
-            loss_g = voxel + weight * adversarial
-            self.log("train/adv_loss", adversarial, on_step=True, on_epoch=True, batch_size=len(lr))
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss_g)
-        opt_g.step()
-        self.untoggle_optimizer(opt_g)
-        if self.hparams.train_discriminator:
-            self.toggle_optimizer(opt_d)
-            loss_d = 0.5 * (self._gan_loss(self.discriminator(hr), real=True)
-                            + self._gan_loss(self.discriminator(sr.detach()), real=False))
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(loss_d)
-            opt_d.step()
-            self.untoggle_optimizer(opt_d)
-            self.log("train/d_loss", loss_d, on_step=True, on_epoch=True, batch_size=len(lr))
-        self.log("train/voxel_loss", voxel, on_step=True, on_epoch=True, batch_size=len(lr))
-        self.log("train/loss", loss_g, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(lr))
-        return loss_g.detach()
+            loss = voxel + weight * adversarial
+            logs["train/adv_loss"] = adversarial
+        return GeneratorStep(loss, logs, len(lr), sr)
+
+    def discriminator_loss(self, batch: SRSample, sr: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (self._gan_loss(self.discriminator(batch.hr), real=True)
+                      + self._gan_loss(self.discriminator(sr.detach()), real=False))
 
     def _evaluate(self, batch: SRSample, stage: str, with_ssim: bool) -> dict[str, Any]:
         lr, hr = batch.lr, batch.hr

@@ -44,7 +44,7 @@ def load_checkpoint_module(path: str | Path) -> tuple[Any, dict]:
 
 
 def build_module(cfg: DictConfig) -> tuple[Any, dict | None]:
-    """Return `(module, stored fidelity switches or None)`.
+    """Return `(module, the stored data-side fidelity switches or None)`.
 
     With `ckpt_path` the model config stored in the checkpoint is used when present (the command line need
     not repeat the training overrides, and the data transform follows the training's switches); without one
@@ -53,7 +53,7 @@ def build_module(cfg: DictConfig) -> tuple[Any, dict | None]:
     if cfg.get("ckpt_path"):
         try:
             module, run_config = load_checkpoint_module(cfg.ckpt_path)
-            return module, run_config.get("fidelity")
+            return module, (run_config.get("data") or {}).get("fidelity")
         except DataError as err:
             if "no run config" not in str(err):
                 raise
@@ -109,7 +109,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Reconstruct, write and score the split at each of `cfg.eval.accelerations`; returns the results."""
     module, fidelity = build_module(cfg)
     if fidelity is not None:
-        cfg.fidelity = OmegaConf.create(fidelity)
+        cfg.data.fidelity = OmegaConf.create(fidelity)
     out_root = Path(cfg.eval.out_dir)
     results: dict[str, Any] = {}
     for acceleration in cfg.eval.accelerations:

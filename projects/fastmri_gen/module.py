@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from common.adversarial import AdversarialModule, GeneratorStep, r1_penalty
 from common.io import save_json
 from common.metrics import ReconstructionVolumeMetric
 from projects.fastmri_gen.data import Sample
@@ -34,59 +35,41 @@ RANDOM_TRUNKS_WARNING = (
     "(the reference uses ImageNet weights); pass a local torchvision mobilenet_v2 state dict with "
     "model.proxy.weights=PATH (unless model.init_weights supplies both trunks)")
 
-# Module-side switches of the reference behaviour (True = as the reference code does it); see README.
-MODULE_FIDELITY = {
-    "dc_reference": True,  # 3: magnitude FFT, un-normalised, real part; else complex orthonormal DC
-    "unet_reference": True,  # 4: no residual, hardsigmoid, bilinear resize, Dropout2d 0.5
-    "train_mode_validation": True,  # 5: validation with dropout / batch statistics active
-    "adain_reference": True,  # 9: joint (C, H, W) statistics, / sqrt(std), gamma without +1
-    "kl_sum": True,  # 10: KL summed over batch and dimensions
-    "proxy_reference": True,  # 11: proxy in train mode, no ImageNet normalisation, RandomState(0) z and noise at test
-    "single_logit": True,  # 12: patch map averaged to one logit per sample
-    # measured causes of slow learning beyond the spec's table (see README)
-    "threshold_init_reference": True,  # 14: skip soft thresholds start at 1 (zeroing most skip features), else 0
-    "noise_init_reference": True,  # 15: noise-input scales start N(0, 1) (noise as strong as the features), else 0
-    "spectral_norm_reference": True,  # 16: spectral normalisation of the U-Net convolutions, else plain
-}
+
+@dataclass(frozen=True)
+class ModuleFidelity:
+    """Module-side switches of the reference behaviour (True = as the reference code does it; default: fixed).
+
+    The network's side of each defect is an argument of `model.net`; the data side is `DataFidelity`.
+
+    Attributes:
+        train_mode_validation: defect 5, validation with dropout and batch statistics active.
+        kl_sum: defect 10, KL summed over batch and dimensions (False: mean).
+        proxy_reference: defect 11, texture proxy in train mode on inputs without ImageNet normalisation; with the
+            reference data consistency the z-encoder and the proxy see the network's zero-one images (False:
+            proxy in eval mode, ImageNet-normalised, images from the zero-filled k-space and the raw target).
+        single_logit: defect 12, the discriminator's patch map averaged to one logit per sample.
+    """
+
+    train_mode_validation: bool = False
+    kl_sum: bool = False
+    proxy_reference: bool = False
+    single_logit: bool = False
 
 
-def fidelity_flags(fidelity: dict | DictConfig | None) -> dict[str, bool]:
-    """Return the module-side switches, defaults = reference behaviour, overridden by `fidelity`."""
+def module_fidelity(fidelity: dict | DictConfig | None) -> ModuleFidelity:
+    """Return the module switches of `model.fidelity` (missing keys: the fixed side).
+
+    Raises:
+        ValueError: a key that is no module switch (the network's switches are arguments of `model.net`).
+    """
     given = OmegaConf.to_container(fidelity) if isinstance(fidelity, DictConfig) else dict(fidelity or {})
-    return {key: bool(given.get(key, default)) for key, default in MODULE_FIDELITY.items()}
-
-
-def stylish_kwargs(flags: dict[str, bool]) -> dict[str, Any]:
-    """Return the StylishReconstructor / StylishGenerator keyword arguments implied by the switches."""
-    magnitude = flags["dc_reference"]
-    reference_unet = flags["unet_reference"]
-    return {
-        "data_consistency": "reference" if magnitude else "complex",
-        "residual": not reference_unet,
-        "output": "hardsigmoid" if reference_unet and magnitude else "linear",
-        "size_fit": "resize" if reference_unet else "pad",
-        "output_dc": "none" if reference_unet or magnitude else "hard",
-        "dropout": 0.5 if reference_unet else 0.0,
-        "modulation": "reference" if flags["adain_reference"] else "per_channel",
-        "update": "complex" if magnitude else "magnitude",
-        "threshold_init": 1.0 if flags["threshold_init_reference"] else 0.0,
-        "noise_init": "normal" if flags["noise_init_reference"] else "zero",
-        "spectral_norm": flags["spectral_norm_reference"],
-    }
-
-
-def build_net(net: DictConfig | dict, flags: dict[str, bool]) -> nn.Module:
-    """Instantiate the network; stylish networks get the switch-derived defaults under their config."""
-    cfg = OmegaConf.to_container(net, resolve=True) if isinstance(net, DictConfig) else dict(net)
-    cls = get_class(cfg["_target_"])
-    if issubclass(cls, (StylishReconstructor, StylishGenerator)):
-        defaults = stylish_kwargs(flags)
-        if issubclass(cls, StylishGenerator):
-            defaults.update(imagenet_norm=not flags["proxy_reference"],
-                            test_latent="fixed_noise" if flags["proxy_reference"] else "mean",
-                            draw_source="numpy" if flags["proxy_reference"] else "torch")
-        cfg = {**defaults, **{k: v for k, v in cfg.items() if v is not None}}  # null: from the switches
-    return instantiate(cfg)
+    known = {f.name for f in fields(ModuleFidelity)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(f"model.fidelity has no switch {unknown} (module switches: {sorted(known)}); the network's "
+                         "reference-vs-fixed choices are arguments of model.net (model/net/<model>_<fidelity>.yaml)")
+    return ModuleFidelity(**{key: bool(value) for key, value in given.items()})
 
 
 def crop_columns(image: torch.Tensor, widths: torch.Tensor, out_width: int) -> torch.Tensor:
@@ -105,21 +88,23 @@ def crop_columns(image: torch.Tensor, widths: torch.Tensor, out_width: int) -> t
     return torch.stack([image[b, ..., s : s + out_width] for b, s in enumerate(starts)])
 
 
-class ReconstructionModule(pl.LightningModule):
+class ReconstructionModule(AdversarialModule):
     """Trains and evaluates one reconstruction network on fastMRI single-coil slices.
 
     The generator loss is `l1 * L1 + kl * KL + proxy * L1(w, proxy(GT)) + adv * BCE(D(R | I), 1)` on
     normalised images; the discriminator loss `BCE(D(GT | I), 1) + BCE(D(R | I), 0) (+ R1)`. One
-    generator then one discriminator step per batch (manual optimisation). Metrics are computed on
+    generator then one discriminator step per batch (`common.adversarial`). Metrics are computed on
     de-normalised magnitudes with the fastMRI volume rules, per acceleration.
 
     Args:
-        net: config of the network (`StylishReconstructor`, `StylishGenerator`, `FastMRIUnet`, `ZeroFilled`).
+        net: config of the network (`StylishReconstructor`, `StylishGenerator`, `FastMRIUnet`, `ZeroFilled`)
+            with every constructor argument (`conf/fastmri_gen/model/net/<model>_<fidelity>.yaml`).
         optimizer / d_optimizer: partial optimiser configs of the generator / discriminator.
         discriminator: config of the `PatchDiscriminator`, or None (no adversarial term).
-        scheduler: optional partial LR scheduler of the generator (stepped every epoch).
+        scheduler / d_scheduler: optional partial LR schedulers of the generator / discriminator (stepped every
+            epoch).
         loss: weights `l1`, `kl`, `proxy`, `adv`, `r1`.
-        fidelity: reference switches (`MODULE_FIDELITY` keys; the data keys are ignored here).
+        fidelity: the module-side reference switches (`ModuleFidelity` fields; default: all fixed).
         proxy: `{"weights": local MobileNetV2 file or None, "highpass_sigma": 0 (off) or pixels,
             "trainable": False}`; the same weights initialise the z-encoder trunk.
         accelerations: accelerations reported separately in validation and test.
@@ -128,15 +113,13 @@ class ReconstructionModule(pl.LightningModule):
     """
 
     def __init__(self, net: Any, optimizer: Any = None, d_optimizer: Any = None, discriminator: Any = None,
-                 scheduler: Any = None, loss: dict | None = None, fidelity: dict | None = None,
-                 proxy: dict | None = None, accelerations: list[int] | tuple[int, ...] = (4, 8, 16, 32),
-                 paper_params: dict | None = None) -> None:
-        super().__init__()
-        self.save_hyperparameters(logger=False)
-        self.automatic_optimization = False
-        self.flags = fidelity_flags(fidelity)
+                 scheduler: Any = None, d_scheduler: Any = None, loss: dict | None = None,
+                 fidelity: dict | None = None, proxy: dict | None = None,
+                 accelerations: list[int] | tuple[int, ...] = (4, 8, 16, 32), paper_params: dict | None = None) -> None:
+        super().__init__(optimizer, d_optimizer, scheduler, d_scheduler)
+        self.fidelity = module_fidelity(fidelity)
         self.weights = {"l1": 1.0, "kl": 0.01, "proxy": 1.0, "adv": 0.01, "r1": 0.0, **(loss or {})}
-        self.net = build_net(net, self.flags)
+        self.net = instantiate(net)
         self.generative = isinstance(self.net, StylishGenerator)
         self.stylish = isinstance(self.net, (StylishReconstructor, StylishGenerator))
         self.trainable = any(p.requires_grad for p in self.net.parameters())
@@ -151,6 +134,13 @@ class ReconstructionModule(pl.LightningModule):
         self.metrics = nn.ModuleDict({k: ReconstructionVolumeMetric(psnr_range="ref_max")
                                       for k in ["all", *self.metric_keys]})
 
+    @classmethod
+    def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Returns a model config stored by an earlier version in today's layout (see `legacy`)."""
+        from projects.fastmri_gen.legacy import upgrade_model_config
+
+        return upgrade_model_config(config)
+
     def on_fit_start(self) -> None:
         if self.generative and not self.proxy_cfg["weights"] and getattr(self._trainer, "is_global_zero", True):
             log.warning(RANDOM_TRUNKS_WARNING)
@@ -158,11 +148,14 @@ class ReconstructionModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------ forward
 
     def complex_mode(self) -> bool:
-        return self.stylish and not self.flags["dc_reference"]
+        """Whether the network works on the complex image with data consistency on the measured k-space."""
+        if not self.stylish:
+            return False
+        return bool((self.net.unet if self.generative else self.net).complex_mode)
 
     def _texture_images(self, batch: Sample) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the z-encoder input (zero-filled) and the proxy input (target), `[B, 1, h, w]` in [0, 1]."""
-        if self.flags["dc_reference"] and self.flags["proxy_reference"]:
+        if self.fidelity.proxy_reference and not self.complex_mode():
             return batch.image.clamp(0, 1), batch.target_norm.clamp(0, 1)
         peak = batch.zero_filled.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
         target = batch.target[:, None]
@@ -212,10 +205,10 @@ class ReconstructionModule(pl.LightningModule):
     def _texture_losses(self, batch: Sample, extras: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         mu, logvar, w = (extras[k].float() for k in ("mu", "logvar", "w"))
         terms = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
-        kl = terms.sum() if self.flags["kl_sum"] else terms.mean()
+        kl = terms.sum() if self.fidelity.kl_sum else terms.mean()
         _, target_image = self._texture_images(batch)
-        self.proxy.train(self.flags["proxy_reference"] or bool(self.proxy_cfg["trainable"]))
-        rgb = to_three_channels(self._highpass(target_image), imagenet_norm=not self.flags["proxy_reference"])
+        self.proxy.train(self.fidelity.proxy_reference or bool(self.proxy_cfg["trainable"]))
+        rgb = to_three_channels(self._highpass(target_image), imagenet_norm=not self.fidelity.proxy_reference)
         with torch.set_grad_enabled(bool(self.proxy_cfg["trainable"])):
             proxy_w = self.proxy(rgb, self.net.grid)
         proxy_w = proxy_w[:, 0] if proxy_w.shape[1] == 1 and w.dim() == 2 else proxy_w
@@ -223,7 +216,7 @@ class ReconstructionModule(pl.LightningModule):
 
     def _logits(self, image: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         logits = self.discriminator(image, condition).float()
-        return logits.mean(dim=(1, 2, 3)) if self.flags["single_logit"] else logits
+        return logits.mean(dim=(1, 2, 3)) if self.fidelity.single_logit else logits
 
     def _bce(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, float(real)))
@@ -245,43 +238,24 @@ class ReconstructionModule(pl.LightningModule):
         real_logits = self._logits(real, batch.image)
         loss = self._bce(real_logits, True) + self._bce(self._logits(pred.detach(), batch.image), False)
         if self.weights["r1"] > 0:
-            grad, = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
-            loss = loss + 0.5 * self.weights["r1"] * grad.pow(2).sum(dim=(1, 2, 3)).mean()
+            loss = loss + self.weights["r1"] * r1_penalty(real_logits, real)
         return loss
 
     # ------------------------------------------------------------------------------------ steps
 
-    def training_step(self, batch: Sample, batch_idx: int) -> torch.Tensor:
-        optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        # toggling freezes the other optimiser's parameters, so the G step computes no D gradients
-        self.toggle_optimizer(optimizers[0])
-        total, terms, pred = self.generator_loss(batch)
-        optimizers[0].zero_grad(set_to_none=True)
-        self.manual_backward(total)
-        optimizers[0].step()
-        self.untoggle_optimizer(optimizers[0])
-        logs = {f"train/{k}": v.detach() for k, v in terms.items()}
-        if self.discriminator is not None:
-            self.toggle_optimizer(optimizers[1])
-            d_loss = self.discriminator_loss(batch, pred)
-            optimizers[1].zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
-            optimizers[1].step()
-            self.untoggle_optimizer(optimizers[1])
-            logs["train/d_loss"] = d_loss.detach()
-        self.log("train/loss", total.detach(), prog_bar=True, batch_size=pred.shape[0])
-        self.log_dict(logs, batch_size=pred.shape[0])
-        return total.detach()
+    def generator_parameters(self) -> list[nn.Parameter]:
+        params = list(self.net.parameters())
+        if self.proxy is not None and self.proxy_cfg["trainable"]:
+            params += list(self.proxy.parameters())
+        return params
 
-    def on_train_epoch_end(self) -> None:
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
+    def generator_step(self, batch: Sample) -> GeneratorStep:
+        total, terms, pred = self.generator_loss(batch)
+        return GeneratorStep(total, {f"train/{k}": v for k, v in terms.items()}, pred.shape[0], pred)
 
     def reconstruct(self, batch: Sample) -> torch.Tensor:
         """Return the raw-scale reconstructions `[B, h, w]` (in train mode under defect 5, as the reference)."""
-        if self.flags["train_mode_validation"] and self.stylish:
+        if self.fidelity.train_mode_validation and self.stylish:
             self.net.train()
         with fixed_draws(self.net):
             pred, _ = self(batch)
@@ -341,18 +315,3 @@ class ReconstructionModule(pl.LightningModule):
     def predict_step(self, batch: Sample, batch_idx: int) -> dict[str, Any]:
         return {"reconstruction": self.reconstruct(batch).float().cpu(), "fname": list(batch.fname),
                 "slice_num": batch.slice_num.cpu(), "acceleration": batch.acceleration.cpu()}
-
-    # ------------------------------------------------------------------------------------ optimisers
-
-    def configure_optimizers(self) -> Any:
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        if not params:
-            return None
-        if self.proxy is not None and self.proxy_cfg["trainable"]:
-            params += list(self.proxy.parameters())
-        optimizers = [instantiate(self.hparams.optimizer)(params=params)]
-        if self.discriminator is not None:
-            optimizers.append(instantiate(self.hparams.d_optimizer)(params=self.discriminator.parameters()))
-        if self.hparams.scheduler is None:
-            return optimizers
-        return optimizers, [instantiate(self.hparams.scheduler)(optimizer=optimizers[0])]

@@ -58,7 +58,7 @@ def predict(ckpt: str | Path, input_path: str | Path, out_dir: str | Path, accel
         datamodule = FastMRIDataModule(str(folder.parent), test_split=folder.name,
                                        val_accelerations=[acceleration_of(settings, acceleration)],
                                        val_batch_size=batch_size, num_workers=0,
-                                       fidelity=settings.stored("fidelity", {}), **masks)
+                                       fidelity=settings.stored("data.fidelity", {}), **masks)
         try:
             recons, _ = reconstruct_split(module, datamodule)
         except DataError as err:  # a file of the scratch folder is the user's own file

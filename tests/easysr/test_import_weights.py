@@ -72,7 +72,7 @@ def test_generator_only_import_starts_a_fine_tuning_run(tmp_path, reference_file
                              f"paths.data_dir={tmp_path}", f"paths.output_dir={run}", "logger=none",
                              "callbacks=minimal", "data.patch_size=null", "data.batch_size=2", "debug=limit", "trainer.max_epochs=1",
                              "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.check_val_every_n_epoch=1",
-                             "model.optimizer_g.lr=0", "model.optimizer_d.lr=0", "test_after_fit=false"]))
+                             "model.optimizer.lr=0", "model.d_optimizer.lr=0", "test_after_fit=false"]))
     tuned = read_checkpoint(run / "checkpoints" / "last.ckpt")
     assert tuned["global_step"] > 0 and tuned["run_config"]["model"]["init_weights"] == str(out)
     for name, value in generator.items():

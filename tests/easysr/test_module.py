@@ -119,3 +119,26 @@ def test_double_sigmoid_is_the_reference_bounded_loss():
     assert fixed._gan_loss(logits, real=True) > 9.0  # a confident wrong logit costs a lot
     # BCE-with-logits of sigmoid outputs never drops under log(1 + e^-1) nor exceeds log 2 + 1/2
     assert 0.31 < reference._gan_loss(logits, real=True) < 0.82
+
+
+def test_checkpoints_with_the_earlier_optimiser_keys_still_load(tmp_path):
+    from omegaconf import OmegaConf
+
+    from common.checkpoint import module_from_checkpoint
+
+    cfg = _compose("train", ["paths.output_dir=/tmp/unused", "model.optimizer.lr=3e-4"])
+    module = instantiate_model(cfg.model)
+    stored = OmegaConf.to_container(cfg.model, resolve=True)
+    stored["optimizer_g"], stored["optimizer_d"] = stored.pop("optimizer"), stored.pop("d_optimizer")
+    for key in ("scheduler", "d_scheduler"):  # earlier versions had no schedulers
+        stored.pop(key)
+    torch.save({"state_dict": module.state_dict(), "run_config": {"model": stored}}, tmp_path / "old.ckpt")
+    loaded, _ = module_from_checkpoint(tmp_path / "old.ckpt")
+    assert loaded.hparams.optimizer["lr"] == 3e-4 and loaded.hparams.d_optimizer["lr"] == 2e-4
+    assert "optimizer_g" not in loaded.hparams and loaded.hparams.scheduler is None
+    opt_g, opt_d = loaded.configure_optimizers()
+    assert opt_g.param_groups[0]["lr"] == 3e-4 and opt_g.param_groups[0]["name"] == "generator"
+    torch.testing.assert_close(loaded.generator.state_dict(), module.generator.state_dict())
+    # an eval config that carries the checkpoint's stored model config is mapped the same way
+    given, _ = module_from_checkpoint(tmp_path / "old.ckpt", OmegaConf.create(stored))
+    assert given.hparams.optimizer == loaded.hparams.optimizer and "optimizer_d" not in given.hparams

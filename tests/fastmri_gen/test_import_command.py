@@ -21,7 +21,8 @@ def test_import_command_writes_a_checkpoint_that_eval_predict_and_fine_tuning_ac
     ckpt = tmp_path / "imported.ckpt"
     assert main([str(tmp_path / "authors.pth"), "--out", str(ckpt)]) == 0
     module, config = module_from_checkpoint(ckpt)
-    assert config["experiment_name"] == "knee_reference" and config["fidelity"]["dc_reference"]
+    assert config["experiment_name"] == "knee_reference" and config["model"]["net"]["data_consistency"] == "reference"
+    assert config["data"]["fidelity"]["zero_one_norm"] and config["model"]["fidelity"]["train_mode_validation"]
     threshold = module.net.blocks[0].thresholds[3].threshold.reshape(1)
     assert torch.equal(threshold, state["rec_blocks.0.soft_thresholders.1.lambd"])
     scored = evaluate(compose_cfg(["experiment=knee_reference", f"ckpt_path={ckpt}", "eval.accelerations=[4]",

@@ -8,7 +8,7 @@ import torch
 from common.errors import DataError
 from projects.fastmri_gen.import_weights import reference_to_ours
 from projects.fastmri_gen.mobilenet import MobileNetV2Features
-from projects.fastmri_gen.module import build_net, fidelity_flags
+from tests.fastmri_gen.test_train import net_of
 
 MIN, MAX, STYLE = 4, 64, 320  # the reference asserts max // 2**4 == min
 
@@ -100,9 +100,8 @@ def reference_state(generative: bool, low: int = MIN, high: int = MAX) -> dict[s
 
 
 def reference_net(generative: bool) -> torch.nn.Module:
-    target = "StylishGenerator" if generative else "StylishReconstructor"
-    cfg = {"_target_": f"projects.fastmri_gen.model.{target}", "min_channels": MIN, "max_channels": MAX}
-    return build_net(cfg, fidelity_flags({}))  # the switches' defaults: reference mode
+    return net_of("generative" if generative else "baseline", "reference", f"min_channels={MIN}",
+                  f"max_channels={MAX}")
 
 
 def tensor_ids(tensors) -> list[int]:
@@ -168,8 +167,7 @@ def test_files_that_do_not_fit_give_one_clear_error():
     wrong = {**baseline, "rec_blocks.0.conv_out.weight": torch.zeros(2, MIN, 1, 1)}
     with pytest.raises(DataError, match=r"conv_out\.weight has shape \(2, 4, 1, 1\)"):
         reference_to_ours(wrong, template, "w.pth")
-    fixed = build_net({"_target_": "projects.fastmri_gen.model.StylishReconstructor", "min_channels": MIN,
-                       "max_channels": MAX, "output_dc": "learned"}, fidelity_flags({"dc_reference": False}))
+    fixed = net_of("baseline", "fixed", f"min_channels={MIN}", f"max_channels={MAX}", "output_dc=learned")
     with pytest.raises(DataError, match="dc_weight.*reference-mode experiment"):
         reference_to_ours(baseline, fixed.state_dict(), "f.pth")
 

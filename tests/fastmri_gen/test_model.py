@@ -147,13 +147,10 @@ def test_discriminator_patch_map():
 
 def test_fidelity_switches_reach_the_network():
     from projects.fastmri_gen.layers import StyleModulation
-    from projects.fastmri_gen.module import build_net, fidelity_flags
+    from tests.fastmri_gen.test_train import net_of
 
-    cfg = {"_target_": "projects.fastmri_gen.model.StylishGenerator", "min_channels": 4, "max_channels": 8}
-    reference = build_net(cfg, fidelity_flags({}))  # defaults = the reference behaviour
-    fixed = build_net(cfg, fidelity_flags({k: False for k in ("dc_reference", "unet_reference", "adain_reference",
-                                                               "proxy_reference", "threshold_init_reference",
-                                                               "noise_init_reference", "spectral_norm_reference")}))
+    widths = ("min_channels=4", "max_channels=8")
+    reference, fixed = net_of("generative", "reference", *widths), net_of("generative", "fixed", *widths)
     ref_unet, fixed_unet = reference.unet.blocks[0], fixed.unet.blocks[0]
     assert not reference.unet.complex_mode and fixed.unet.complex_mode and fixed.unet.residual
     assert (ref_unet.output, ref_unet.size_fit, fixed_unet.output, fixed_unet.size_fit) == (
@@ -166,7 +163,7 @@ def test_fidelity_switches_reach_the_network():
     assert noise_scales[0] == 0 < noise_scales[1]
     assert hasattr(ref_unet.encoders[0].body[0][0], "weight_orig") and not hasattr(fixed_unet.encoders[0].body[0][0],
                                                                                    "weight_orig")
-    override = build_net({**cfg, "threshold_init": 0.5, "update": "complex"}, fidelity_flags({"dc_reference": False}))
+    override = net_of("generative", "fixed", *widths, "threshold_init=0.5", "update=complex")
     assert float(override.unet.blocks[0].thresholds[0].threshold.detach()) == 0.5  # a config key beats the switch
     assert override.unet.blocks[0].out.out_channels == 2
     modes = {m.mode for m in reference.modules() if isinstance(m, StyleModulation)}

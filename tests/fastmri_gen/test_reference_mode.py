@@ -14,7 +14,7 @@ from projects.fastmri_gen.model import (
     nearest_multiple,
     reference_data_consistency,
 )
-from projects.fastmri_gen.module import build_net, fidelity_flags
+from tests.fastmri_gen.test_train import net_of
 
 
 def reference_dc_numpy(image: np.ndarray, known: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -68,9 +68,8 @@ def test_fixed_noise_and_latent_are_randomstate_0_draws():
 
 
 def test_reference_switch_selects_numpy_draws():
-    cfg = {"_target_": "projects.fastmri_gen.model.StylishGenerator", "min_channels": 4, "max_channels": 8}
-    reference = build_net(cfg, fidelity_flags({}))
-    fixed = build_net(cfg, fidelity_flags({"proxy_reference": False}))
+    reference = net_of("generative", "reference", "min_channels=4", "max_channels=8")
+    fixed = net_of("generative", "fixed", "min_channels=4", "max_channels=8")
     sources = {m.draw_source for m in reference.modules() if isinstance(m, NoiseInjection)}
     assert (reference.draw_source, sources, fixed.draw_source) == ("numpy", {"numpy"}, "torch")
 

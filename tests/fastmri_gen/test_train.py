@@ -28,6 +28,14 @@ def compose_cfg(overrides: list[str], name: str = "train"):
         return compose(name, overrides=overrides)
 
 
+def net_of(model: str, fidelity: str, *net_overrides: str):
+    """Return the network of `model=<model> fidelity=<fidelity>` built from the composed config (with `key=value`
+    overrides of `model.net`)."""
+    cfg = compose_cfg([f"model={model}", f"fidelity={fidelity}", "paths.output_dir=/tmp/unused",
+                       *(f"model.net.{override}" for override in net_overrides)])
+    return instantiate(cfg.model.net)
+
+
 def tiny(root, out, *extra: str) -> list[str]:
     return [f"data.data_dir={root}", f"paths.output_dir={out}", "data.cache_dir=null", "data.num_workers=0",
             "data.batch_size=2", "data.val_batch_size=3", "logger=none", "callbacks=minimal", *extra]
@@ -38,7 +46,11 @@ def test_every_experiment_composes(experiment):
     cfg = compose_cfg([f"experiment={experiment}", "paths.output_dir=/tmp/unused"])
     assert cfg.experiment_name == experiment
     reference = experiment.startswith("knee_reference")
-    assert all(bool(v) == reference for v in cfg.fidelity.values())
+    switches = {**cfg.data.fidelity, **cfg.model.fidelity}
+    assert len(switches) == 8 and all(bool(v) == reference for v in switches.values())
+    if "Stylish" in cfg.model.net._target_:  # the network's side: its resolved arguments
+        assert cfg.model.net.data_consistency == ("reference" if reference else "complex")
+        assert cfg.model.net.spectral_norm == reference and cfg.model.net.threshold_init == float(reference)
     accelerations = list(cfg.data.accelerations)
     if "_x" in experiment:
         assert accelerations == [int(experiment.rpartition("_x")[2])]
