@@ -107,3 +107,26 @@ def test_the_eval_report_has_cases_mean_protocol_and_its_own_blocks(tmp_path: Pa
     with pytest.raises(DataError, match="no case was scored"):
         write_eval_report(tmp_path / "none.json", {}, {"name": "x", "paper": None})
     assert not (tmp_path / "none.json").exists()
+
+
+@pytest.mark.parametrize("project", ["spin", "rstn"])
+def test_validation_scores_a_case_as_eval_does(project: str) -> None:
+    """The slice-fed metric of the LightningModule, given the project's score_counts, gives score_case's values."""
+    import torch
+
+    from common.metrics import SegmentationVolumeMetric
+
+    metrics = importlib.import_module(f"projects.{project}.metrics")
+    metric = SegmentationVolumeMetric(score_counts=metrics.score_counts)
+    rng = np.random.default_rng(0)
+    volumes = {"hit": (rng.random((5, 6, 7)) > 0.6, rng.random((5, 6, 7)) > 0.7),
+               "both_empty": (np.zeros((5, 6, 7), bool), np.zeros((5, 6, 7), bool))}
+    for case, (pred, ref) in volumes.items():
+        for start in (0, 3):  # two batches of slices per case
+            index = torch.arange(start, min(start + 3, 5))
+            metric.update(torch.from_numpy(pred[index.numpy()]), torch.from_numpy(ref[index.numpy()]),
+                          [case] * len(index), index)
+    per_case = metric.compute_per_case()
+    for case, (pred, ref) in volumes.items():
+        assert per_case[case] == pytest.approx(metrics.score_case(pred, ref))
+    assert per_case["both_empty"]["dice"] == 0.0  # the papers' rule, not the library default of 1
