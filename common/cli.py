@@ -59,9 +59,14 @@ def exit_code_on_data_error(main: Callable[..., int]) -> Callable[..., int]:
 
 
 def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Yields `items` under a rich progress bar on stderr (cases done, elapsed and remaining time)."""
+    """Yields `items` under a rich progress bar on stderr (cases done, elapsed and remaining time).
+
+    The bar is drawn on a terminal only: in a log file or a captured stream it would add a line after an error's
+    one line, so there it stays silent.
+    """
     from rich.console import Console
     from rich.progress import track
 
-    yield from track(items, description=description, total=total, console=Console(stderr=True),
-                     transient=False)
+    console = Console(stderr=True)
+    yield from track(items, description=description, total=total, console=console,
+                     transient=not console.is_terminal, disable=not console.is_terminal)

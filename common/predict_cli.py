@@ -5,7 +5,9 @@
 
 A file in gives a file out. A folder in gives a folder out: one output per input case, named like its input
 (a DICOM series folder `case/` gives `case.nii.gz`), as nnU-Net's predictor does. A CT project also takes a DICOM
-series wherever it takes a NIfTI file: a folder holding the series' files (searched recursively) is one case.
+series wherever it takes a NIfTI file: a folder holding the series' files is one case; so is a folder whose
+DICOM files lie in subfolders (`<patient>/<study>/<series>/`) when `-o` names a NIfTI file, while with an output
+folder each of its subfolders holding DICOM files is a case.
 Each case is written atomically, under a progress bar on stderr.
 
 A renamed flag keeps working for one release as a hidden alias that prints one line naming its new form.
@@ -189,7 +191,8 @@ def list_cases(input_path: str | Path, output_path: str | Path, suffixes: Sequen
     """Returns the cases of a predict run: one for a file (or a DICOM series folder), one per input in a folder.
 
     Args:
-        input_path: a file, a folder of files (and, with `dicom`, of DICOM series folders), or a series folder.
+        input_path: a file, a folder of files (and, with `dicom`, of DICOM series folders), or a series folder
+            (its DICOM files directly in it, or anywhere below it when `output_path` names a NIfTI file).
         output_path: the output file for one case; the output folder for a folder of cases.
         suffixes: the input file endings, longest first.
         dicom: accept DICOM series folders wherever a file is accepted.
@@ -207,7 +210,9 @@ def list_cases(input_path: str | Path, output_path: str | Path, suffixes: Sequen
         own = next((s for s in suffixes if path.name.endswith(s)), NIFTI_SUFFIXES[0])
         return name + (out_suffix or (NIFTI_SUFFIXES[0] if path.is_dir() else own))
 
-    if source.is_file() or (dicom and is_dicom_series(source)):
+    names_a_file = not target.is_dir() and _strip(target.name, NIFTI_SUFFIXES) is not None
+    one_series = dicom and source.is_dir() and (is_dicom_series(source) or (names_a_file and is_dicom_series(source, recursive=True)))
+    if source.is_file() or one_series:
         name = _strip(source.name, suffixes) if source.is_file() else source.name
         if name is None:
             raise DataError(source, f"not a {' / '.join(suffixes)} file")

@@ -130,3 +130,12 @@ def test_validation_scores_a_case_as_eval_does(project: str) -> None:
     for case, (pred, ref) in volumes.items():
         assert per_case[case] == pytest.approx(metrics.score_case(pred, ref))
     assert per_case["both_empty"]["dice"] == 0.0  # the papers' rule, not the library default of 1
+
+
+def test_a_nested_series_is_one_case_when_the_output_names_a_file(tmp_path: Path) -> None:
+    write_ct_series(tmp_path / "patient7" / "study" / "series", np.full((4, 5, 3), 40.0),
+                    np.diag([0.8, 0.8, 2.5, 1.0]), patient_id="p7", study_uid="1.2.3", series_uid="1.2.3.4")
+    one = list_cases(tmp_path / "patient7", tmp_path / "p7.nii.gz", dicom=True)
+    assert [(c.name, c.source, c.target) for c in one] == [("patient7", tmp_path / "patient7", tmp_path / "p7.nii.gz")]
+    folder = list_cases(tmp_path / "patient7", tmp_path / "out", dicom=True)
+    assert [(c.name, c.target) for c in folder] == [("study", tmp_path / "out" / "study.nii.gz")]
