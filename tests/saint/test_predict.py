@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from common.io.nifti import load_nifti
-from common.synthetic.dicom_series import write_ct_series
 from common.run import CONF_ROOT, train
+from common.synthetic.dicom_series import write_ct_series
 from projects.saint.demo import thick_slice_copy
 from projects.saint.eval import evaluate
 from projects.saint.model import SAINT
