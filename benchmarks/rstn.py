@@ -110,7 +110,7 @@ def quality_rows(out: Path, steps: int | None, planes: str, overrides: list[str]
     else:
         result = run(out, planes=planes, steps=steps, overrides=overrides)
     summary = json.loads((out / "eval" / "summary.json").read_text())
-    stages, cases = summary["stages"], summary["cases"]
+    stages, cases = summary["stages"], summary["details"]
     steps = steps or max(result["train_steps"].values())
     label = f"{steps} steps/plane, planes {planes}"
     rows = [{"row": f"DSC {stage} (synthetic, {s['n']} held-out; {label})", "mean": s["mean"], "std": s["std"],

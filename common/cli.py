@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from common.errors import DataError
 from common.io.atomic import is_unwritable
 from common.runtime import tune_allocator
+
+T = TypeVar("T")
 
 
 def _one_line(err: Exception) -> str:
@@ -54,3 +56,17 @@ def exit_code_on_data_error(main: Callable[..., int]) -> Callable[..., int]:
             return 2
 
     return wrapper
+
+
+def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Yields `items` under a rich progress bar on stderr (cases done, elapsed and remaining time).
+
+    The bar is drawn on a terminal only: in a log file or a captured stream it would add a line after an error's
+    one line, so there it stays silent.
+    """
+    from rich.console import Console
+    from rich.progress import track
+
+    console = Console(stderr=True)
+    yield from track(items, description=description, total=total, console=console,
+                     transient=not console.is_terminal, disable=not console.is_terminal)

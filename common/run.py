@@ -299,8 +299,12 @@ def load_module(cfg: DictConfig, ckpt_path: str | os.PathLike) -> pl.LightningMo
     return module  # type: ignore[return-value]
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Tests `cfg.ckpt_path` on the configured test data in one process; writes `<run dir>/eval_metrics.json`."""
+def test_checkpoint(cfg: DictConfig) -> tuple[pl.LightningModule, dict[str, float]]:
+    """Tests `cfg.ckpt_path` on the configured test data in one process; returns the module and its test metrics.
+
+    Raises:
+        DataError: no checkpoint given or found.
+    """
     if not cfg.get("ckpt_path"):
         raise DataError(None, "eval needs ckpt_path=PATH (or ckpt_path=last for this run's last checkpoint)")
     _set_threads(cfg)
@@ -312,7 +316,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data, _recursive_=False)
     trainer = build_trainer(cfg, devices=1, num_nodes=1, strategy="auto")
     tested = trainer.test(module, datamodule=datamodule)
-    results = _scalars(tested[0]) if tested else {}
+    return module, _scalars(tested[0]) if tested else {}
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Tests `cfg.ckpt_path` on the configured test data in one process; writes `<run dir>/eval_metrics.json`."""
+    results = test_checkpoint(cfg)[1]
     save_json(output_dir(cfg) / "eval_metrics.json", results)
     return results
 

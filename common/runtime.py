@@ -8,6 +8,7 @@ thread when the load average exceeds the core count and every core otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -135,3 +136,10 @@ def choose_precision(requested: str | int | None = "auto", device: str = "cpu",
     if value in ("bf16", "bf16-mixed"):
         return "bf16"
     raise ValueError(f"precision must be 32, bf16 or auto, got {requested!r}")
+
+
+def autocast(precision: str, device: str = "cpu") -> contextlib.AbstractContextManager:
+    """Returns bf16 autocast on `device` for precision "bf16" (also "bf16-mixed"), a no-op context otherwise."""
+    if precision in ("bf16", "bf16-mixed"):
+        return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+    return contextlib.nullcontext()

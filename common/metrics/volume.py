@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -274,6 +274,9 @@ class SegmentationVolumeMetric(CaseSliceMetric):
         from_logits: float predictions are logits; a sigmoid is applied before thresholding.
         empty_score: score of a ratio whose denominator is zero (1.0 default; 0.0 for protocols that
             score zero divisions as 0).
+        score_counts: a project's own scores of one case from its summed ``(tp, fp, fn)``, the function its
+            ``score_case`` applies to a whole volume's counts, so that validation and ``eval.py`` share one
+            rule; its keys become ``metric_names``. None: Dice, IoU, precision, recall with ``empty_score``.
         **kwargs: forwarded to ``torchmetrics.Metric``.
 
     ``update(pred, ref, case_ids, slice_index)``: ``pred`` ``[B, ...]`` bool, int (non-zero =
@@ -285,12 +288,20 @@ class SegmentationVolumeMetric(CaseSliceMetric):
     num_stats = 3
 
     def __init__(
-        self, threshold: float = 0.5, from_logits: bool = False, empty_score: float = 1.0, **kwargs: Any
+        self,
+        threshold: float = 0.5,
+        from_logits: bool = False,
+        empty_score: float = 1.0,
+        score_counts: Callable[[float, float, float], dict[str, float]] | None = None,
+        **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.threshold = float(threshold)
         self.from_logits = bool(from_logits)
         self.empty_score = float(empty_score)
+        self.score_counts = score_counts
+        if score_counts is not None:
+            self.metric_names = tuple(score_counts(0.0, 0.0, 0.0))
 
     def slice_stats(self, pred: Tensor, ref: Tensor, **kwargs: Any) -> Tensor:
         """Return ``[B, 3]`` float64 counts (TP, FP, FN) per slice."""
@@ -304,7 +315,10 @@ class SegmentationVolumeMetric(CaseSliceMetric):
     def reduce_case(self, stats: Tensor) -> dict[str, Tensor]:
         """Return Dice, IoU, precision, recall of one case from its ``[n, 3]`` counts."""
         tp, fp, fn = (float(v) for v in stats.sum(dim=0))
-        scores = scores_from_counts(tp, fp, fn, self.empty_score)
+        if self.score_counts is not None:
+            scores = self.score_counts(tp, fp, fn)
+        else:
+            scores = scores_from_counts(tp, fp, fn, self.empty_score)
         return {name: torch.tensor(value, dtype=torch.float64) for name, value in scores.items()}
 
 

@@ -4,13 +4,18 @@
 
 The module is the checkpoint's own (its generator, scale and `model.eval_patch`), and the test volumes are made
 thick along the checkpoint's `data.axis` by its `data.scale`: the eval config only says where the data is.
-`eval.patch=[d,h,w]` overrides the sliding-window patch with a one-line note, as `patch=` does in `predict.py`.
+`eval.patch=[d,h,w]` overrides the sliding-window patch with a one-line note, as `--patch` does in `predict.py`.
+
+Writes `<run dir>/eval_metrics.json` (`common.eval_report`): per test volume the PSNR and SSIM of
+`metrics.score_case` (the rules validation logs), their means, the `protocol` (no paper: no published figure),
+`spline` (the same scores of the cubic-spline baseline per volume) and `logged` (the test metrics as logged).
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -18,7 +23,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 from common.checkpoint import read_checkpoint  # noqa: E402
 from common.errors import DataError  # noqa: E402
-from common.run import entry, evaluate, resolve_ckpt_path  # noqa: E402
+from common.eval_report import write_eval_report  # noqa: E402
+from common.run import entry, output_dir, resolve_ckpt_path, test_checkpoint  # noqa: E402
+from common.runtime import choose_precision  # noqa: E402
 from common.settings import CheckpointSettings, given_settings  # noqa: E402
 
 
@@ -42,12 +49,27 @@ def with_checkpoint_settings(cfg: DictConfig) -> DictConfig:
         out.model = {**run_config["model"], "eval_patch": settings.get("eval.patch", given.get("patch"),
                                                                        "eval.patch", None)}
         out.data.axis, out.data.scale = settings.stored("data.axis"), settings.stored("data.scale")
+        # the test loop's forward passes run at the machine's inference precision
+        bf16 = choose_precision(cfg.get("inference_precision")) == "bf16"
+        out.trainer.precision = "bf16-mixed" if bf16 else "32-true"
     return out
 
 
-def evaluate_easysr(cfg: DictConfig) -> dict[str, float]:
-    """Tests the checkpoint with its own settings (see the module docstring); returns the test metrics."""
-    return evaluate(with_checkpoint_settings(cfg))
+PROTOCOL = {"name": "EasySR reference rules: PSNR over all voxels with the HR range as peak; mean 2-D SSIM over "
+                    "axis-0 slices, each with its own HR range (network scale [0, 255])",
+            "paper": None}  # no paper and no published metrics
+
+
+def evaluate_easysr(cfg: DictConfig) -> dict[str, Any]:
+    """Tests the checkpoint with its own settings (see the module docstring); writes and returns the report."""
+    cfg = with_checkpoint_settings(cfg)
+    module, logged = test_checkpoint(cfg)
+    scores = module.test_scores
+    ours = {case: {k: s[k] for k in ("psnr", "ssim")} for case, s in scores.items()}
+    spline = {case: {k: s[f"{k}_spline"] for k in ("psnr", "ssim")} for case, s in scores.items()}
+    return write_eval_report(output_dir(cfg) / "eval_metrics.json", ours,
+                             {**PROTOCOL, "scale": cfg.data.scale, "axis": cfg.data.axis}, spline=spline,
+                             logged=logged, checkpoint=str(cfg.ckpt_path))
 
 
 if __name__ == "__main__":

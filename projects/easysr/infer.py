@@ -9,7 +9,6 @@ No registration is needed: the output overlays the input in world space.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -20,15 +19,10 @@ from scipy import ndimage
 from common.errors import DataError
 from common.inference import sliding_window_3d
 from common.io import Volume, scale_axis_affine, through_plane_axis
+from common.runtime import autocast
 from projects.easysr.ops import Normaliser
 
 log = logging.getLogger(__name__)
-
-
-def _autocast(precision: str) -> contextlib.AbstractContextManager:
-    if precision in ("bf16", "bf16-mixed"):
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -42,7 +36,7 @@ def upsample_normalised(generator: torch.nn.Module, lr: np.ndarray | torch.Tenso
         patch: LR patch `(d, h, w)` for volumes larger than it, or None to run the whole volume at once.
         overlap: fraction of a patch shared with its neighbours.
         batch_size: patches per forward pass.
-        precision: "32" or "bf16" (autocast on the CPU).
+        precision: "32" or "bf16" (autocast on the generator's device).
 
     Returns:
         float32 `[D, h * scale, W]` on the CPU.
@@ -53,7 +47,7 @@ def upsample_normalised(generator: torch.nn.Module, lr: np.ndarray | torch.Tenso
     volume = volume.float()[None]
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        with _autocast(precision):
+        with autocast(precision, device.type):
             return generator(x.to(device)).float()
 
     if patch is None or all(p >= s for p, s in zip(patch, volume.shape[1:])):

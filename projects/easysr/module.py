@@ -24,7 +24,8 @@ from omegaconf import DictConfig
 from common.adversarial import AdversarialModule, GeneratorStep
 from projects.easysr.data import SRSample
 from projects.easysr.infer import upsample_normalised
-from projects.easysr.ops import psnr_easysr, spline_upsample, ssim_easysr
+from projects.easysr.metrics import score_case
+from projects.easysr.ops import spline_upsample
 
 _VOXEL_LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 # optimiser keys of checkpoints written before every project used `optimizer` / `d_optimizer`
@@ -62,6 +63,7 @@ class EasySRModule(AdversarialModule):
             raise ValueError(f"voxel_loss must be one of {sorted(_VOXEL_LOSSES)}, got {voxel_loss!r}")
         self.generator = instantiate(generator)
         self.discriminator = instantiate(discriminator)
+        self.test_scores: dict[str, dict[str, float]] = {}  # case -> the last test run's scores
 
     @classmethod
     def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
@@ -115,11 +117,10 @@ class EasySRModule(AdversarialModule):
         sr = upsample_normalised(self.generator, lr[0, 0], self.hparams.eval_patch)
         sr_np, hr_np, lr_np = sr.numpy(), hr[0, 0].cpu().numpy(), lr[0, 0].cpu().numpy()
         spline = spline_upsample(lr_np, axis=1, scale=scale)
-        scores = {"psnr": psnr_easysr(sr_np, hr_np), "psnr_spline": psnr_easysr(spline, hr_np),
-                  "mse": float(((sr_np - hr_np) ** 2).mean())}
-        if with_ssim:
-            scores["ssim"] = ssim_easysr(sr_np, hr_np)
-            scores["ssim_spline"] = ssim_easysr(spline, hr_np)
+        scores = {**score_case(sr_np, hr_np, with_ssim), "mse": float(((sr_np - hr_np) ** 2).mean()),
+                  **{f"{k}_spline": v for k, v in score_case(spline, hr_np, with_ssim).items()}}
+        if stage == "test":  # eval.py reports them per case
+            self.test_scores[str(batch.case_id[0])] = scores
         for name, value in scores.items():
             self.log(f"{stage}/{name}", value, on_epoch=True, batch_size=1, sync_dist=True)
         mid = hr.shape[2] // 2

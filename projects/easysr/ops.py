@@ -6,7 +6,7 @@
 * LR synthesis (:func:`make_lr`): cubic-spline resize of one axis by 1/scale on the "extent" grid: LR voxel `i`
   covers HR voxels `scale*i .. scale*i + scale-1` (centre `scale*i + (scale-1)/2`), the same correspondence the
   generator's transposed conv produces and the one `scale_axis_affine(..., anchor="extent")` describes.
-* The reference's evaluation rules (:func:`psnr_easysr`, :func:`ssim_easysr`).
+The reference's evaluation rules are `projects.easysr.metrics.score_case`.
 """
 
 from __future__ import annotations
@@ -111,41 +111,3 @@ def spline_upsample(lr: np.ndarray, axis: int = 1, scale: int = 3, order: int = 
     zoom[axis] = float(scale)
     return ndimage.zoom(np.asarray(lr, dtype=np.float32), zoom, order=order, mode="reflect",
                         grid_mode=True).astype(np.float32)
-
-
-def psnr_easysr(sr: np.ndarray, hr: np.ndarray) -> float:
-    """Returns the reference's PSNR in dB: `20 log10(max(hr) - min(hr)) - 10 log10(MSE)` over all voxels."""
-    sr64, hr64 = np.asarray(sr, np.float64), np.asarray(hr, np.float64)
-    mse = float(np.mean((sr64 - hr64) ** 2))
-    peak = float(hr64.max() - hr64.min())
-    if mse == 0:
-        return float("inf")
-    return 20.0 * np.log10(max(peak, 1e-12)) - 10.0 * np.log10(mse)
-
-
-def ssim_easysr(sr: np.ndarray, hr: np.ndarray, slice_axis: int = 0) -> float:
-    """Returns the mean 2-D SSIM over slices along `slice_axis`, each with its own HR data range.
-
-    skimage defaults (7x7 uniform window, K1 0.01, K2 0.03, sample covariance), as the reference. Slices whose
-    HR is constant (data range 0, NaN in the reference) score 1 if SR equals HR there, else 0.
-
-    Args:
-        sr: float `[X, Y, Z]`.
-        hr: float, same shape.
-        slice_axis: axis to slice along.
-
-    Returns:
-        Mean SSIM in [-1, 1].
-    """
-    from skimage.metrics import structural_similarity  # imported here: predict.py never needs it
-
-    sr_s = np.moveaxis(np.asarray(sr, np.float64), slice_axis, 0)
-    hr_s = np.moveaxis(np.asarray(hr, np.float64), slice_axis, 0)
-    scores = []
-    for pred, ref in zip(sr_s, hr_s):
-        data_range = float(ref.max() - ref.min())
-        if data_range == 0:
-            scores.append(1.0 if np.array_equal(pred, ref) else 0.0)
-            continue
-        scores.append(float(structural_similarity(pred, ref, data_range=data_range)))
-    return float(np.mean(scores))

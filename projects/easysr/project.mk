@@ -16,9 +16,9 @@ train-easysr-gan: install
 eval-easysr: install
 	$(PY) projects/easysr/eval.py ckpt_path=$(abspath $(EASYSR_CKPT)) data.raw_dir=$(abspath $(EASYSR_RAW))
 
-# make predict-easysr IN=scan.nii.gz OUT=sr.nii.gz [EASYSR_CKPT=...]
+# make predict-easysr IN=scan.nii.gz|FOLDER OUT=sr.nii.gz|FOLDER [EASYSR_CKPT=...]
 predict-easysr: install
-	$(PY) projects/easysr/predict.py input=$(IN) output=$(OUT) ckpt_path=$(abspath $(EASYSR_CKPT))
+	$(PY) -m projects.easysr.predict -i $(IN) -o $(OUT) --ckpt $(abspath $(EASYSR_CKPT))
 
 demo-easysr: install
 	$(PY) -m projects.easysr.demo --out outputs/demo/easysr

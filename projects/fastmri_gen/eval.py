@@ -7,8 +7,10 @@ For each acceleration the validation volumes are undersampled with their per-fil
 reconstructed slice by slice, written as `<out_dir>/x<acc>/<fname>.h5` (dataset `reconstruction`, the
 layout the official evaluator reads), and scored per volume: NMSE over the volume, PSNR with
 `data_range = target volume max`, mean slice SSIM (7 x 7 uniform window), after cropping both to the
-target width. `python -m common.evaluate recon --pred <out_dir>/x4 --ref <data_dir>/singlecoil_val`
-gives the same figures. Results: `<run dir>/eval_metrics.json`.
+target width (`metrics.score_case`). `python -m common.evaluate recon --pred <out_dir>/x4 --ref
+<data_dir>/singlecoil_val` gives the same figures. Results: `<run dir>/eval_metrics.json` (`common.eval_report`):
+`cases`/`mean` of the first acceleration, `protocol`, and one block per acceleration (`x4`, `x8`, ...) with its
+cases, means, seconds per volume and reconstruction folder. The forward passes run at `inference_precision`.
 """
 
 from __future__ import annotations
@@ -25,13 +27,17 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+from lightning.fabric.utilities.apply_func import move_data_to_device  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from common.checkpoint import instantiate_model, module_from_checkpoint  # noqa: E402
+from common.cli import progress  # noqa: E402
 from common.errors import DataError  # noqa: E402
-from common.io import read_reconstruction, save_json, write_reconstructions  # noqa: E402
-from common.metrics import fastmri_volume_metrics  # noqa: E402
+from common.eval_report import write_eval_report  # noqa: E402
+from common.io import read_reconstruction, write_reconstructions  # noqa: E402
 from common.run import entry, output_dir  # noqa: E402
+from common.runtime import autocast, choose_precision  # noqa: E402
+from projects.fastmri_gen.metrics import score_case  # noqa: E402
 
 
 def load_checkpoint_module(path: str | Path) -> tuple[Any, dict]:
@@ -65,13 +71,22 @@ def build_module(cfg: DictConfig) -> tuple[Any, dict | None]:
 
 
 @torch.no_grad()
-def reconstruct_split(module: Any, datamodule: Any) -> tuple[dict[str, np.ndarray], float]:
-    """Return `({fname: float32 [S, h, w]}, seconds)` over the datamodule's test split, slices in order."""
+def reconstruct_split(module: Any, datamodule: Any, device: str = "cpu", precision: str = "32"
+                      ) -> tuple[dict[str, np.ndarray], float]:
+    """Return `({fname: float32 [S, h, w]}, seconds)` over the datamodule's test split, slices in order.
+
+    Args:
+        module: the ReconstructionModule, on `device`.
+        datamodule: its test split is reconstructed.
+        device: where the batches go.
+        precision: "32" or "bf16" (autocast).
+    """
     module.eval()
     slices: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
     start = time.perf_counter()
     for index, batch in enumerate(datamodule.test_dataloader()):
-        out = module.predict_step(batch, index)
+        with autocast(precision, device):
+            out = module.predict_step(move_data_to_device(batch, device), index)
         for fname, slice_num, image in zip(out["fname"], out["slice_num"].tolist(), out["reconstruction"]):
             slices[fname][slice_num] = image.numpy()
     seconds = time.perf_counter() - start
@@ -81,35 +96,31 @@ def reconstruct_split(module: Any, datamodule: Any) -> tuple[dict[str, np.ndarra
 def score_volumes(recon_dir: str | Path, ref_dir: str | Path, target_key: str = "reconstruction_esc") -> dict:
     """Return `{"cases": {fname: {nmse, psnr, ssim}}, "mean": {...}}` for every reconstruction in `recon_dir`.
 
-    Both volumes are centre-cropped to `target width x target width` first, as the official evaluator does.
+    Each is scored against its target file by `metrics.score_case` (the official evaluator's crop and rules).
 
     Raises:
         DataError: a reconstruction without its target file, or sizes that do not match.
     """
-    cases = {}
-    for path in sorted(Path(recon_dir).glob("*.h5")):
-        ref_path = Path(ref_dir) / path.name
-        target = read_reconstruction(ref_path, target_key)
-        recon = read_reconstruction(path)
-        width = target.shape[-1]
-        crops = []
-        for volume, where in ((target, ref_path), (recon, path)):
-            top, left = (volume.shape[-2] - width) // 2, (volume.shape[-1] - width) // 2
-            if top < 0 or left < 0:
-                raise DataError(where, f"volume {volume.shape} is smaller than the {width} x {width} crop")
-            crops.append(volume[..., top : top + width, left : left + width])
-        if crops[0].shape != crops[1].shape:
-            raise DataError(path, f"shape {crops[1].shape} differs from the target {crops[0].shape}")
-        cases[path.name.removesuffix(".h5")] = fastmri_volume_metrics(crops[0], crops[1])
+    paths = sorted(Path(recon_dir).glob("*.h5"))
+    cases = {path.name.removesuffix(".h5"): score_case(read_reconstruction(path),
+                                                       read_reconstruction(Path(ref_dir) / path.name, target_key), path)
+             for path in progress(paths, f"scoring {Path(recon_dir).name}", len(paths))}
     mean = {k: float(np.mean([c[k] for c in cases.values()])) for k in ("nmse", "psnr", "ssim")} if cases else {}
     return {"cases": cases, "mean": mean}
 
 
+PROTOCOL = {"name": "fastMRI single-coil knee, official evaluator: both volumes centre-cropped to the target "
+                    "width, NMSE over the volume, PSNR with the target volume max as peak, mean slice SSIM (7 x 7 "
+                    "uniform window); per volume, mean over volumes",
+            "paper": None}  # the paper's table could not be retrieved: no figure is quoted
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Reconstruct, write and score the split at each of `cfg.eval.accelerations`; returns the results."""
+    """Reconstruct, write and score the split at each of `cfg.eval.accelerations`; writes and returns the report."""
     module, fidelity = build_module(cfg)
     if fidelity is not None:
         cfg.data.fidelity = OmegaConf.create(fidelity)
+    precision = choose_precision(cfg.get("inference_precision"))
     out_root = Path(cfg.eval.out_dir)
     results: dict[str, Any] = {}
     for acceleration in cfg.eval.accelerations:
@@ -117,7 +128,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                                  val_accelerations=[int(acceleration)], val_sample_rate=1.0,
                                  val_batch_size=cfg.eval.batch_size)
         datamodule.prepare_data()
-        recons, seconds = reconstruct_split(module, datamodule)
+        recons, seconds = reconstruct_split(module, datamodule, precision=precision)
         folder = out_root / f"x{int(acceleration)}"
         write_reconstructions(folder, recons)
         scores = score_volumes(folder, Path(cfg.data.data_dir) / cfg.eval.split)
@@ -127,8 +138,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         mean = scores["mean"]
         print(f"x{int(acceleration)}: {len(recons)} volumes  NMSE {mean['nmse']:.4f}  PSNR {mean['psnr']:.2f} dB  "
               f"SSIM {mean['ssim']:.4f}  -> {folder}")
-    save_json(output_dir(cfg) / "eval_metrics.json", results)
-    return results
+    first = f"x{int(cfg.eval.accelerations[0])}"
+    return write_eval_report(output_dir(cfg) / "eval_metrics.json", results[first]["cases"],
+                             {**PROTOCOL, "acceleration": int(cfg.eval.accelerations[0])},
+                             precision=precision, **results)
 
 
 if __name__ == "__main__":

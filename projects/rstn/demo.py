@@ -88,7 +88,7 @@ def run(out: Path, n_cases: int = 16, shape: tuple[int, int, int] = (128, 128, 3
                             f"eval.planes=[{','.join(planes)}]", *common, *overrides,
                             *[f"checkpoints.{p}={path}" for p, path in ckpts.items()]])
     evaluation = evaluate_rstn(cfg)
-    stages, details = evaluation["stages"], evaluation["cases"]
+    stages, details = evaluation["stages"], evaluation["details"]
     cache = VolumeCache(cache_dir)
     train, test = load_split(cache_dir / "splits.json", 0)
     baseline, baseline_train = _baseline(cache, train, test)
@@ -97,7 +97,8 @@ def run(out: Path, n_cases: int = 16, shape: tuple[int, int, int] = (128, 128, 3
     hu_like, affine = to_source_layout(np.asarray(cache.load(case, "image"), np.float32) * 340.0 - 100.0,
                                        cache.affine(case))
     pred_path = out / "pred" / f"{case}.nii.gz"
-    protocol = protocol_of(ckpts[planes[0]])._replace(fine_batch_size=16)  # as the evaluation above
+    # the settings of the evaluation above
+    protocol = protocol_of(ckpts[planes[0]], precision=evaluation["precision"])._replace(fine_batch_size=16)
     save_nifti(pred_path, predict_volume(hu_like, affine, models, protocol), affine, dtype=np.uint8)
     axial = "Z" if "Z" in planes else planes[0]
     result = {"project": "rstn", "task": "small-organ (pancreas-like) segmentation in synthetic CT",

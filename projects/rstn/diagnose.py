@@ -26,6 +26,7 @@ from common.checkpoint import instantiate_model
 from common.cli import exit_code_on_data_error
 from common.run import CONF_ROOT
 from projects.rstn.data import PlaneSlices, collate
+from projects.rstn.metrics import score_case
 from projects.rstn.model import RSTN, sample_margins, soft_dice_loss
 from projects.rstn.module import RSTNModule
 
@@ -42,10 +43,8 @@ def grad_norms(net: RSTN) -> dict[str, float]:
 
 
 def hard_dice(prob: Tensor, label: Tensor) -> float:
-    """Returns the Dice of (prob >= 0.5) against the 0/1 label, pooled over the batch."""
-    pred, ref = prob >= 0.5, label >= 0.5
-    total = int(pred.sum() + ref.sum())
-    return 2 * int((pred & ref).sum()) / total if total else 0.0
+    """Returns the Dice of (prob >= 0.5) against the 0/1 label, pooled over the batch (`metrics.score_case`)."""
+    return score_case((prob >= 0.5).cpu().numpy(), (label >= 0.5).cpu().numpy())["dice"]
 
 
 def build_module(overrides: Sequence[str]) -> RSTNModule:

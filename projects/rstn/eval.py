@@ -2,8 +2,11 @@
 
 Stages (`eval.stages`, in this order): coarse testing per plane, fusion of the planes (mean >= 0.5), oracle
 testing (fine stage in the ground-truth box), coarse-to-fine iteration. Each stage writes its masks as NIfTI
-on the CT grid (`<out_dir>/<stage>/<case>.nii.gz`) and its per-case DSC (`<out_dir>/<stage>_dsc.json`);
-`<out_dir>/summary.json` holds mean / std / min / max per stage, printed beside the paper's figures.
+on the CT grid (`<out_dir>/<stage>/<case>.nii.gz`) and its per-case DSC (`<out_dir>/<stage>_dsc.json`), scored by
+`metrics.score_case` as validation is. `<out_dir>/summary.json` is the eval report (`common.eval_report`): per case
+`dice` (the last stage run: coarse2fine by default) and `dice_<stage>` of every stage, their means, the
+`protocol` with the paper's figures, `stages` (mean / std / min / max per stage, printed beside the paper's
+figures) and `details` (per case: coarse-to-fine rounds, inter-round DSC, seconds).
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ from omegaconf import DictConfig, OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from common.checkpoint import module_from_checkpoint, read_checkpoint  # noqa: E402
+from common.cli import progress  # noqa: E402
 from common.errors import DataError  # noqa: E402
+from common.eval_report import write_eval_report  # noqa: E402
 from common.io.atomic import save_json  # noqa: E402
 from common.io.cache import VolumeCache  # noqa: E402
 from common.io.nifti import save_nifti  # noqa: E402
 from common.run import entry  # noqa: E402
+from common.runtime import choose_precision  # noqa: E402
 from common.settings import CheckpointSettings, given_settings  # noqa: E402
 from projects.rstn.data import load_split  # noqa: E402
 from projects.rstn.inference import (  # noqa: E402
@@ -37,6 +43,7 @@ from projects.rstn.inference import (  # noqa: E402
     oracle_plane,
     predict_plane,
 )
+from projects.rstn.metrics import score_case  # noqa: E402
 from projects.rstn.model import RSTN  # noqa: E402
 from projects.rstn.prepare import to_source_layout  # noqa: E402
 
@@ -61,7 +68,8 @@ def load_plane_model(path: str | Path, fallback_model: DictConfig | None = None)
 
 
 class Protocol(NamedTuple):
-    """The coarse-to-fine testing settings (`eval.*` of conf/rstn/eval.yaml; margin = the model's)."""
+    """The coarse-to-fine testing settings (`eval.*` of conf/rstn/eval.yaml; margin = the model's; precision = the
+    machine's, `inference_precision` / predict's `--precision`)."""
 
     margin: int
     max_rounds: int
@@ -78,7 +86,8 @@ _TYPES = {"margin": int, "max_rounds": int, "stop_inter_dsc": float, "threshold"
 
 
 def protocol_of(ckpt: str | Path, overrides: Mapping[str, Any] | None = None,
-                flags: Mapping[str, str] | None = None, fallback_model: DictConfig | None = None) -> Protocol:
+                flags: Mapping[str, str] | None = None, fallback_model: DictConfig | None = None,
+                precision: str = "32") -> Protocol:
     """Returns the protocol a checkpoint is tested with: its own margin, conf/rstn/eval.yaml's rounds.
 
     Args:
@@ -87,6 +96,7 @@ def protocol_of(ckpt: str | Path, overrides: Mapping[str, Any] | None = None,
             reported in one line.
         flags: field -> how the user writes it (`--margin`, `eval.margin`), for that line.
         fallback_model: the model config of a checkpoint without a run config (as `load_plane_model`).
+        precision: "32" or "bf16": how this machine runs the forward passes (not a checkpoint setting).
 
     Raises:
         DataError: unreadable checkpoint, or one without the settings.
@@ -94,8 +104,9 @@ def protocol_of(ckpt: str | Path, overrides: Mapping[str, Any] | None = None,
     run_config = read_checkpoint(ckpt).get("run_config") or ({"model": fallback_model} if fallback_model else None)
     settings = CheckpointSettings(ckpt, run_config, project="rstn")
     overrides, flags = overrides or {}, flags or {}
-    values = {name: settings.get(f"eval.{name}", overrides.get(name), flags.get(name)) for name in Protocol._fields}
-    return Protocol(**{name: _TYPES[name](value) for name, value in values.items()})
+    values = {name: settings.get(f"eval.{name}", overrides.get(name), flags.get(name))
+              for name in Protocol._fields if name != "precision"}
+    return Protocol(**{name: _TYPES[name](value) for name, value in values.items()}, precision=precision)
 
 
 def eval_settings(cfg: DictConfig) -> DictConfig:
@@ -103,9 +114,10 @@ def eval_settings(cfg: DictConfig) -> DictConfig:
 
     A protocol setting given on the command line (`eval.margin=7`) overrides the checkpoint's with a note.
     """
-    given = {name: value for name, value in given_settings(cfg.eval, "rstn").items() if name in Protocol._fields}
+    given = {name: value for name, value in given_settings(cfg.eval, "rstn").items()
+             if name in Protocol._fields and name != "precision"}
     protocol = protocol_of(cfg.checkpoints[cfg.eval.planes[0]], given, {name: f"eval.{name}" for name in given},
-                           cfg.model)
+                           cfg.model, choose_precision(cfg.get("inference_precision")))
     return OmegaConf.merge(OmegaConf.to_container(cfg.eval, resolve=True), protocol._asdict())
 
 
@@ -144,7 +156,7 @@ def evaluate_case(image: np.ndarray, label: np.ndarray, models: dict[str, RSTN],
                              ev.post_ratio, label, str(ev.precision), ev.fine_batch_size)
         masks["coarse2fine"] = c2f.mask
         details.update(rounds=c2f.rounds, inter_dsc=c2f.inter_dsc, round_dsc=c2f.dsc)
-    scores = {name: dsc(mask, label) for name, mask in masks.items()}
+    scores = {name: score_case(mask, label)["dice"] for name, mask in masks.items()}
     return scores, masks, details
 
 
@@ -169,8 +181,20 @@ def format_table(stats: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def case_scores(stage_dsc: dict[str, float]) -> dict[str, float]:
+    """Returns a case's report scores: `dice` of its final mask (coarse2fine when run, else the fused coarse
+    mask; oracle testing sees the label, so it is never the final one) and `dice_<stage>` of every stage."""
+    final = next(stage for stage in ("coarse2fine", "fusion", "fusion_post", *sorted(stage_dsc), "oracle")
+                 if stage in stage_dsc)
+    return {"dice": stage_dsc[final], **{f"dice_{stage}": value for stage, value in stage_dsc.items()}}
+
+
 def evaluate_rstn(cfg: DictConfig) -> dict[str, Any]:
-    """Runs the test chain of `cfg.eval` on the fold's cases; writes masks, per-case DSC and the summary."""
+    """Runs the test chain of `cfg.eval` on the fold's cases; writes masks, per-case DSC and the report.
+
+    Returns:
+        The report written to `summary.json` (see the module docstring).
+    """
     ev = eval_settings(cfg)
     models = {p: load_plane_model(cfg.checkpoints[p], cfg.model) for p in ev.planes}
     if ev.channels_last:
@@ -183,7 +207,7 @@ def evaluate_rstn(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(ev.out_dir)
     per_case: dict[str, dict[str, float]] = {}
     details: dict[str, Any] = {}
-    for case_id in cases:
+    for case_id in progress(cases, f"RSTN fold {cfg.fold}: {len(cases)} case(s)", len(cases)):
         start = time.perf_counter()
         image = np.asarray(cache.load(case_id, "image"), dtype=np.float32)
         label = np.asarray(cache.load(case_id, "label")) > 0
@@ -196,9 +220,13 @@ def evaluate_rstn(cfg: DictConfig) -> dict[str, Any]:
     for stage in sorted({s for scores in per_case.values() for s in scores}):
         save_json(out_dir / f"{stage}_dsc.json", {c: s[stage] for c, s in per_case.items() if stage in s})
     stats = summary(per_case)
-    save_json(out_dir / "summary.json", {"fold": cfg.fold, "split": ev.split, "stages": stats, "cases": details})
+    report = write_eval_report(
+        out_dir / "summary.json", {case: case_scores(scores) for case, scores in per_case.items()},
+        {"name": "RSTN (Yu et al., CVPR 2018): DSC of each test volume's mask (0 when both are empty), mean over "
+                 "the fold's test cases", "paper": PAPER},
+        fold=cfg.fold, split=ev.split, precision=ev.precision, stages=stats, details=details)
     print(f"RSTN fold {cfg.fold}, {len(cases)} {ev.split} cases (DSC %)\n{format_table(stats)}")
-    return {"stages": stats, "cases": details}
+    return report
 
 
 if __name__ == "__main__":

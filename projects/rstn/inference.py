@@ -16,14 +16,15 @@ import torch
 from scipy import ndimage
 
 from common.inference import predict_by_slices
-from common.metrics import dice
+from common.runtime import autocast
 from projects.rstn.data import plane_axis
+from projects.rstn.metrics import score_case
 from projects.rstn.model import RSTN
 
 
 def dsc(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Returns the Dice similarity of two binary volumes, 0 when both are empty (the reference's rule)."""
-    return float(dice(pred, ref, empty_score=0.0))
+    """Returns the Dice similarity of two binary volumes, 0 when both are empty (`metrics.score_case`)."""
+    return score_case(pred, ref)["dice"]
 
 
 def keep_large_components(mask: np.ndarray, ratio: float = 0.5) -> np.ndarray:
@@ -60,8 +61,8 @@ def average_triplets(maps: torch.Tensor, axis: int) -> np.ndarray:
     return (total / count.view(-1, 1, 1)).movedim(0, axis).numpy()
 
 
-def _autocast(precision: str) -> contextlib.AbstractContextManager:
-    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+def _autocast(precision: str, model: RSTN) -> contextlib.AbstractContextManager:
+    return autocast(precision, model.coarse_model.conv1_1.weight.device.type)
 
 
 def predict_plane(image: np.ndarray, plane: str, model: RSTN, batch_size: int = 8,
@@ -76,7 +77,7 @@ def predict_plane(image: np.ndarray, plane: str, model: RSTN, batch_size: int = 
         precision: "32" or "bf16" (autocast).
     """
     def run(batch: torch.Tensor) -> torch.Tensor:
-        with _autocast(precision):
+        with _autocast(precision, model):
             return model.forward_coarse(_like_model(batch, model)).float()
 
     axis = plane_axis(plane)
@@ -92,8 +93,10 @@ def _triplets(volume: np.ndarray, axis: int, centres: Sequence[int]) -> torch.Te
 
 
 def _like_model(t: torch.Tensor, model: RSTN) -> torch.Tensor:
-    """Returns `t` in the memory format of the model's weights (channels_last is faster on this CPU)."""
-    if model.coarse_model.conv1_1.weight.is_contiguous(memory_format=torch.channels_last):
+    """Returns `t` on the model's device in its weights' memory format (channels_last is faster on this CPU)."""
+    weight = model.coarse_model.conv1_1.weight
+    t = t.to(weight.device)
+    if weight.is_contiguous(memory_format=torch.channels_last):
         return t.contiguous(memory_format=torch.channels_last)
     return t
 
@@ -107,7 +110,7 @@ def _fine_plane(image: np.ndarray, axis: int, guide: np.ndarray, batch_size: int
     maps = torch.zeros(3, image.shape[axis], *[image.shape[a] for a in range(3) if a != axis])
     for start in range(0, len(active), batch_size):
         centres = active[start:start + batch_size]
-        maps[:, centres] = step(centres).float().movedim(1, 0)
+        maps[:, centres] = step(centres).float().cpu().movedim(1, 0)
     return average_triplets(maps.movedim(1, axis + 1), axis)
 
 
@@ -123,7 +126,7 @@ def fine_plane(image: np.ndarray, score: np.ndarray, mask: np.ndarray, plane: st
 
     def step(centres: list[int]) -> torch.Tensor:
         x, p, m = (_like_model(_triplets(v, axis, centres), model) for v in (image, score, mask))
-        with _autocast(precision):
+        with _autocast(precision, model):
             return model.forward_fine(x, p, m > 0, margin)
 
     return _fine_plane(image, axis, mask > 0, batch_size, step)
@@ -136,7 +139,7 @@ def oracle_plane(image: np.ndarray, label: np.ndarray, plane: str, model: RSTN, 
 
     def step(centres: list[int]) -> torch.Tensor:
         x, y = (_like_model(_triplets(v, axis, centres), model) for v in (image, label))
-        with _autocast(precision):
+        with _autocast(precision, model):
             return model.forward_fine(x, model.forward_coarse(x).float(), y > 0, margin)
 
     return _fine_plane(image, axis, label > 0, batch_size, step)

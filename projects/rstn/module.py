@@ -16,6 +16,7 @@ from common.metrics import SegmentationVolumeMetric
 from common.module import ConfiguredModule
 from common.weights import load_third_party, require_keys
 from projects.rstn.data import SliceSample
+from projects.rstn.metrics import score_counts
 from projects.rstn.model import RSTN, crop_box, rstn_loss, sample_margins, stage_losses
 
 MODES = ("S", "I", "J")
@@ -77,7 +78,9 @@ class RSTNModule(ConfiguredModule):
         self.mode = mode
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
-        self.metrics = torch.nn.ModuleDict({k: SegmentationVolumeMetric(empty_score=0.0) for k in ("coarse", "fine")})
+        # Each case's summed counts are scored by eval.py's rule (`metrics.score_counts`).
+        self.metrics = torch.nn.ModuleDict({k: SegmentationVolumeMetric(score_counts=score_counts)
+                                            for k in ("coarse", "fine")})
 
     def setup(self, stage: str) -> None:
         """Warns once, before fitting, when the trunks start from random weights (see `RANDOM_TRUNKS`)."""

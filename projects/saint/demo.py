@@ -28,7 +28,7 @@ from common.runtime import set_threads
 from common.synthetic import ct_abdomen, write_msd_task
 from projects.saint.checkpoint import load_saint
 from projects.saint.data import PAPER_SPLIT, VolumeDataset, load_split, split_cases
-from projects.saint.eval import score_case, summarise
+from projects.saint.eval import score_methods, summarise
 from projects.saint.predict import predict_file
 from projects.saint.prepare import prepare
 
@@ -95,7 +95,7 @@ def score_held_out(ckpt: Path, cache_dir: Path, factors: Sequence[int]) -> dict:
     for f in factors:
         per_case, weights = {}, {}
         for item in VolumeDataset(cache, cases, [f]):
-            per_case[item["case_id"]] = score_case(net, item, cfg, fuses)
+            per_case[item["case_id"]] = score_methods(net, item, cfg, fuses)
             weights[item["case_id"]] = int(item["hr"].shape[2])
         results[f] = {r["method"]: r for r in summarise(per_case, weights)}
     return {"cases": cases, "rows": results}

@@ -4,7 +4,9 @@
 
 Prints PSNR (slice-weighted mean of per-volume PSNR) and SSIM for SAINT (RFN fusion when the checkpoint has a
 trained RFN, mean fusion, and each marginal view alone) and for the baselines, and writes
-`<run dir>/eval_x<f>.json` with the per-case values. The factor, plane batch and scored crop are the checkpoint's
+`<run dir>/eval_x<f>.json` (`common.eval_report`): `cases`/`mean` score the checkpoint's own output (its
+`model.eval_fuse`, what `predict.py` writes) with `evaluation.score_case`, `protocol` names the protocol, `rows`
+holds every method's slice-weighted means and `methods` every method's per-case scores and seconds. The factor, plane batch and scored crop are the checkpoint's
 (`model.eval_factors[0]`, `model.plane_batch`, `model.crop_fraction` of its run config), as in `predict.py`;
 `factor=`, `plane_batch=`, `crop_fraction=` override them with a note. With `write_volumes=true` SAINT's output in
 the checkpoint's fusion (`model.eval_fuse`) is written as int16 HU to `<run dir>/x<f>/<case>.nii.gz` on the grid of
@@ -28,20 +30,27 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from common.cli import progress  # noqa: E402
 from common.errors import DataError  # noqa: E402
-from common.io.atomic import save_json  # noqa: E402
+from common.eval_report import write_eval_report  # noqa: E402
 from common.io.cache import VolumeCache  # noqa: E402
 from common.io.nifti import save_nifti  # noqa: E402
 from common.run import entry, output_dir  # noqa: E402
-from common.runtime import set_threads  # noqa: E402
+from common.runtime import autocast, choose_precision, set_threads  # noqa: E402
 from common.settings import CheckpointSettings  # noqa: E402
 from projects.saint.checkpoint import load_saint, read_run_config  # noqa: E402
 from projects.saint.data import IMAGE_KEY, PAPER_SPLIT, VolumeDataset, split_cases  # noqa: E402
-from projects.saint.evaluation import interpolate_z, psnr_saint, ssim_saint, weighted_mean  # noqa: E402
+from projects.saint.evaluation import interpolate_z, score_case, weighted_mean  # noqa: E402
 from projects.saint.model import SAINT  # noqa: E402
 from projects.saint.prepare import HU_OFFSET  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+#: The `protocol` block of the eval JSON (the paper's PSNR/SSIM table could not be read: no figure is quoted).
+PROTOCOL = {"name": "SAINT (Peng et al., CVPR 2020): PSNR (peak 1 after clipping to [0, 4000] / 4000) and SSIM of "
+                    "the synthesised slices only, central half of x and y, per volume; the paper's aggregate is the "
+                    "slice-weighted mean (`rows`), `mean` is unweighted",
+            "paper": None}
 
 
 def select_cases(cfg: DictConfig, cache: VolumeCache) -> list[str]:
@@ -126,11 +135,10 @@ def score_outputs(outputs: Mapping[str, tuple[Any, float]], item: dict, crop_fra
                   ) -> dict[str, dict[str, float]]:
     """Returns `{method: {"psnr", "ssim", "seconds"}}` of `method_outputs` against the item's HR volume."""
     f, hr = item["f"], item["hr"]
-    return {name: {"psnr": psnr_saint(vol, hr, f, crop_fraction), "ssim": ssim_saint(vol, hr, f, crop_fraction),
-                   "seconds": sec} for name, (vol, sec) in outputs.items()}
+    return {name: {**score_case(vol, hr, f, crop_fraction), "seconds": sec} for name, (vol, sec) in outputs.items()}
 
 
-def score_case(net: SAINT, item: dict, cfg: DictConfig, fuses: list[str]) -> dict[str, dict[str, float]]:
+def score_methods(net: SAINT, item: dict, cfg: DictConfig, fuses: list[str]) -> dict[str, dict[str, float]]:
     """Returns `{method: {"psnr", "ssim", "seconds"}}` for one evaluation item (`cfg.model.plane_batch`,
     `cfg.model.crop_fraction`, `cfg.baselines`)."""
     outputs = method_outputs(net, item, cfg.model.plane_batch, fuses, cfg.baselines)
@@ -174,18 +182,20 @@ def print_rows(rows: list[dict], title: str) -> None:
 
 @torch.no_grad()
 def evaluate(cfg: DictConfig) -> list[dict]:
-    """Runs the evaluation of `cfg` and returns the summary rows (also written to `eval_x<f>.json`)."""
+    """Runs the evaluation of `cfg` and returns the summary rows (the report is written to `eval_x<f>.json`)."""
     set_threads(cfg.threads)
     net, rfn_trained = load_saint(cfg.ckpt_path, OmegaConf.to_container(cfg.model.net, resolve=True))
     run = inference_of(cfg.ckpt_path, rfn_trained, {f: cfg.get(k) for f, k in EVAL_KEYS.items()}, EVAL_KEYS,
                        cfg.model)
     fuses = [m for m in cfg.fuse if m != "rfn" or rfn_trained]
-    fuses += [run.fuse] if cfg.write_volumes and run.fuse not in fuses else []
+    fuses += [run.fuse] if run.fuse not in fuses else []
+    precision = choose_precision(cfg.get("inference_precision"))
     cache = VolumeCache(cfg.data.cache_dir)
     cases = select_cases(cfg, cache)
     per_case, weights = {}, {}
-    for item in VolumeDataset(cache, cases, [run.factor]):
-        outputs = method_outputs(net, item, run.plane_batch, fuses, cfg.baselines)
+    for item in progress(VolumeDataset(cache, cases, [run.factor]), f"SAINT x{run.factor}", len(cases)):
+        with autocast(precision):
+            outputs = method_outputs(net, item, run.plane_batch, fuses, cfg.baselines)
         per_case[item["case_id"]] = score_outputs(outputs, item, run.crop_fraction)
         weights[item["case_id"]] = int(item["hr"].shape[2])
         if cfg.write_volumes:
@@ -196,9 +206,11 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     print_rows(rows, f"SAINT x{run.factor}: {len(cases)} {cfg.subset} volume(s) of {cfg.data.cache_dir}")
     if not rfn_trained:
         print("(the checkpoint is a stage-1 checkpoint: its RFN is untrained, so RFN fusion is not reported)")
-    save_json(output_dir(cfg) / f"eval_x{run.factor}.json",
-              {"checkpoint": str(cfg.ckpt_path), "factor": run.factor, "settings": run._asdict(), "cases": cases,
-               "rows": rows, "per_case": per_case})
+    own = f"SAINT {run.fuse} fusion"
+    write_eval_report(output_dir(cfg) / f"eval_x{run.factor}.json",
+                      {c: {k: v for k, v in m[own].items() if k != "seconds"} for c, m in per_case.items()},
+                      {**PROTOCOL, "factor": run.factor, "method": own}, checkpoint=str(cfg.ckpt_path),
+                      settings={**run._asdict(), "precision": precision}, rows=rows, methods=per_case)
     return rows
 
 

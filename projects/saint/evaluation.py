@@ -70,6 +70,25 @@ def ssim_saint(sr: np.ndarray | torch.Tensor, hr: np.ndarray | torch.Tensor, f: 
     return ssim_slices(a, b, data_range=1.0, axis=2, win_size=win)
 
 
+def score_case(sr: np.ndarray | torch.Tensor, hr: np.ndarray | torch.Tensor, f: int, crop_fraction: float = 0.5,
+               with_ssim: bool = True) -> dict[str, float]:
+    """Returns the protocol's scores of one volume, `{"psnr"}` (dB, rounded as the reference) and `{"ssim"}`.
+
+    The one scoring of a SAINT output: validation and test (`SaintModule`) and `eval.py` call it.
+
+    Args:
+        sr: synthesised volume `[X, Y, Z]`, raw units (0..4000).
+        hr: reference volume of the same shape.
+        f: the factor (slices 0, f, 2f, ... are not scored).
+        crop_fraction: central fraction of x and y that is scored.
+        with_ssim: also the SSIM (slow on whole volumes; validation leaves it out).
+    """
+    scores = {"psnr": psnr_saint(sr, hr, f, crop_fraction)}
+    if with_ssim:
+        scores["ssim"] = ssim_saint(sr, hr, f, crop_fraction)
+    return scores
+
+
 def weighted_mean(values: Iterable[float], weights: Iterable[float]) -> float:
     """Returns `sum(v * w) / sum(w)` (the reference weights each volume's PSNR by its number of slices)."""
     v, w = np.asarray(list(values), dtype=np.float64), np.asarray(list(weights), dtype=np.float64)

@@ -3,7 +3,8 @@
 Stage 1 (`stage: msr`): L1 between the phase-major MSR output and the HR phases, counted only over the f real
 phases of each sample (the zero padding of mixed-factor batches is masked out); the RFN is frozen.
 Stage 2 (`stage: rfn`): the MSR weights come from `msr_ckpt` and are frozen; L1 of the fused axial slice.
-Validation and test run whole-volume inference and score it with the paper's protocol (`evaluation.py`).
+Validation and test run whole-volume inference and score it with the paper's protocol (`evaluation.score_case`,
+as `eval.py` does).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torchmetrics import MeanMetric
 
 from common.module import ConfiguredModule
 from projects.saint.checkpoint import load_weights
-from projects.saint.evaluation import psnr_saint, ssim_saint
+from projects.saint.evaluation import score_case
 from projects.saint.model import SAINT
 
 
@@ -126,9 +127,7 @@ class SaintModule(ConfiguredModule):
         fused, _, _ = self.synthesise(item)
         f, hr = item["f"], item["hr"]
         weight = float(hr.shape[2])  # per-volume scores are weighted by the number of slices
-        values = {"psnr": psnr_saint(fused, hr, f, self.hparams.crop_fraction)}
-        if with_ssim:
-            values["ssim"] = ssim_saint(fused, hr, f, self.hparams.crop_fraction)
+        values = score_case(fused, hr, f, self.hparams.crop_fraction, with_ssim)
         for name, value in values.items():
             for key in (name, f"{name}_x{f}"):
                 if key in self.scores:

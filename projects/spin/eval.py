@@ -5,7 +5,9 @@
 Table 2 protocol: each test scan is segmented whole (every axial slice, logit >= 0), Dice / IoU / precision /
 recall are computed on its 3-D mask (a zero division scores 0) and averaged over scans. Table 3 protocol: the
 test slices whose every 8-connected lesion component has at most 100 pixels are pooled and each metric is
-computed once over the pool. Writes ``<run dir>/eval_spin.json`` and prints a table; with ``eval.write_masks=true``
+computed once over the pool. Both score with ``metrics.score_counts``, the rule validation uses. Writes
+``<run dir>/eval_spin.json`` (``common.eval_report``: ``cases``/``mean`` of Table 2, ``protocol`` with the paper's
+rows, ``small_lesion`` the Table 3 pool) and prints a table; with ``eval.write_masks=true``
 also each scan's mask, ``<run dir>/masks/<scan>.nii.gz`` (uint8, on the RAS grid of the cached scan). The network,
 its slice context and the eval settings are the checkpoint's (as in ``predict.py``).
 """
@@ -24,17 +26,17 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from common.checkpoint import module_from_checkpoint  # noqa: E402
-from common.io.atomic import save_json  # noqa: E402
+from common.cli import progress  # noqa: E402
+from common.eval_report import write_eval_report  # noqa: E402
 from common.io.cache import VolumeCache  # noqa: E402
 from common.io.nifti import save_nifti  # noqa: E402
-from common.metrics import confusion_counts, scores_from_counts  # noqa: E402
 from common.run import entry, output_dir, resolve_ckpt_path  # noqa: E402
+from common.runtime import choose_precision  # noqa: E402
 from common.settings import given_settings  # noqa: E402
-from projects.spin.data import small_lesion_slices  # noqa: E402
+from projects.spin.metrics import METRICS, score_case, score_counts, small_lesion_counts  # noqa: E402
 from projects.spin.predict import inference_of, logits_function, predict_volume  # noqa: E402
 from projects.spin.prepare import volume_xyz  # noqa: E402
 
-METRICS = ("dice", "iou", "precision", "recall")
 #: Paper Tables 2 (27 test scans, mean over scans) and 3 (pooled small-lesion slices): DSC, IoU, P, R.
 PAPER = {
     "SPiN": {"scans": (0.703, 0.556, 0.806, 0.654), "small": (0.424, 0.269, 0.546, 0.347)},
@@ -53,19 +55,18 @@ def score_masks(predict_mask: Callable[[str], np.ndarray], cache: VolumeCache, s
         small_max_px: component size limit of the small-lesion rule.
 
     Returns:
-        ``{"per_scan": {id: scores}, "mean": scores, "small_lesion": scores, "n_scans", "n_small_slices"}``,
-        scores being ``{"dice", "iou", "precision", "recall"}``.
+        ``{"cases": {id: scores}, "mean": scores, "small_lesion": scores, "n_scans", "n_small_slices"}``,
+        scores being ``metrics.score_case``'s ``{"dice", "iou", "precision", "recall"}``.
     """
     per_scan, pooled, n_small = {}, np.zeros(3, dtype=np.int64), 0
-    for scan in scan_ids:
+    for scan in progress(scan_ids, f"SPiN: {len(scan_ids)} scan(s)", len(scan_ids)):
         gt = np.asarray(volume_xyz(cache, scan, "lesion")) > 0
         pred = np.asarray(predict_mask(scan)) > 0
-        per_scan[scan] = scores_from_counts(*confusion_counts(pred, gt), empty_score=0.0)
-        for z in small_lesion_slices(gt, small_max_px):
-            pooled += np.asarray(confusion_counts(pred[:, :, z], gt[:, :, z]))
-            n_small += 1
+        per_scan[scan] = score_case(pred, gt)
+        counts, slices = small_lesion_counts(pred, gt, small_max_px)
+        pooled, n_small = pooled + counts, n_small + slices
     mean = {m: float(np.mean([s[m] for s in per_scan.values()])) if per_scan else float("nan") for m in METRICS}
-    return {"per_scan": per_scan, "mean": mean, "small_lesion": scores_from_counts(*pooled, empty_score=0.0),
+    return {"cases": per_scan, "mean": mean, "small_lesion": score_counts(*pooled),
             "n_scans": len(per_scan), "n_small_slices": n_small}
 
 
@@ -84,20 +85,22 @@ def format_table(results: dict[str, Any], model_name: str) -> str:
 
 
 def evaluate_spin(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluates ``cfg.ckpt_path`` on ``cfg.eval.split``; writes and returns the results.
+    """Evaluates ``cfg.ckpt_path`` on ``cfg.eval.split``; writes ``eval_spin.json`` and returns it.
 
     The network and its inference settings are the checkpoint's (see `predict.inference_of`); an `eval.*`
-    setting given on the command line overrides the checkpoint's with a note.
+    setting given on the command line overrides the checkpoint's with a note. The precision is the machine's
+    (`inference_precision`).
     """
     ckpt = resolve_ckpt_path(cfg)
     module, run_config = module_from_checkpoint(ckpt)
     given = given_settings(cfg.eval, "spin")
     run = inference_of(ckpt, run_config, given, {field: f"eval.{field}" for field in given})
+    precision = choose_precision(cfg.get("inference_precision"))
     datamodule = instantiate(cfg.data, _recursive_=False)
     datamodule.prepare_data()
     cache = VolumeCache(datamodule.hparams.cache_dir)
     scan_ids = datamodule.sets[cfg.eval.split]
-    logits_fn = logits_function(module, run.tta_flip, run.precision == "bf16")
+    logits_fn = logits_function(module, run.tta_flip, precision == "bf16")
 
     def predict_mask(scan: str) -> np.ndarray:
         mask = predict_volume(logits_fn, np.asarray(volume_xyz(cache, scan, "t1")), run.n_chunk, run.batch_size)
@@ -107,12 +110,17 @@ def evaluate_spin(cfg: DictConfig) -> dict[str, Any]:
 
     results = score_masks(predict_mask, cache, scan_ids, int(cfg.data.small_max_px))
     model_name = type(module.net).__name__
-    results.update({"checkpoint": str(cfg.ckpt_path), "split": cfg.eval.split, "model": model_name,
-                    "settings": run._asdict(),
-                    "paper": {k: {t: dict(zip(METRICS, v)) for t, v in rows.items()} for k, rows in PAPER.items()}})
-    save_json(output_dir(cfg) / "eval_spin.json", results)
-    print(format_table(results, model_name))
-    return results
+    paper = {k: {t: dict(zip(METRICS, v)) for t, v in rows.items()} for k, rows in PAPER.items()}
+    report = write_eval_report(
+        output_dir(cfg) / "eval_spin.json", results["cases"],
+        {"name": "SPiN Table 2: Dice / IoU / precision / recall of each scan's 3-D mask (logit >= 0, a zero "
+                 "division scores 0), mean over scans; Table 3 (`small_lesion`): the same, pooled over the slices "
+                 "whose lesion components all have at most data.small_max_px pixels", "paper": paper},
+        small_lesion=results["small_lesion"], n_scans=results["n_scans"], n_small_slices=results["n_small_slices"],
+        checkpoint=str(cfg.ckpt_path), split=cfg.eval.split, model=model_name,
+        settings={**run._asdict(), "precision": precision})
+    print(format_table(report, model_name))
+    return report
 
 
 if __name__ == "__main__":

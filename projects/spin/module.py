@@ -12,6 +12,7 @@ from common.metrics import SegmentationVolumeMetric, case_key
 from common.module import ConfiguredModule
 from projects.spin.augment import augment_batch
 from projects.spin.data import SliceSample
+from projects.spin.metrics import score_counts
 
 SMALL_POOL = "small-lesion-pool"
 # Slice keys of the pooled small-lesion metric: (stable scan hash mod 2**31) * this + axial index, identical on
@@ -37,8 +38,9 @@ def piecewise_constant_lr(optimizer: torch.optim.Optimizer, milestones: Sequence
 class SegmentationModule(ConfiguredModule):
     """Trains a slice segmentation network (SPiN or U-Net) with pos-weighted BCE on its 1x logits.
 
-    Validation and test report per-scan Dice, IoU, precision and recall averaged over scans (zero divisions
-    score 0, as in the paper) plus the same scores pooled over the small-lesion slices (``small_*``).
+    Validation and test report per-scan Dice, IoU, precision and recall averaged over scans (``metrics.score_counts``:
+    zero divisions score 0, as in the paper) plus the same scores pooled over the small-lesion slices
+    (``small_*``).
 
     Args:
         net: network config (``projects.spin.model.SPiN`` or ``UNet``).
@@ -64,8 +66,9 @@ class SegmentationModule(ConfiguredModule):
         self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([float(pos_weight)]))
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.scan_metric = SegmentationVolumeMetric(from_logits=True, empty_score=0.0)
-        self.small_metric = SegmentationVolumeMetric(from_logits=True, empty_score=0.0)
+        # The counts of each scan (and of the small-lesion pool) are scored by eval.py's rule (`metrics.py`).
+        self.scan_metric = SegmentationVolumeMetric(from_logits=True, score_counts=score_counts)
+        self.small_metric = SegmentationVolumeMetric(from_logits=True, score_counts=score_counts)
 
     def forward(self, image: Tensor) -> Tensor:
         """Returns the 1x logits ``[N, 1, H, W]`` of normalised slices ``[N, C, H, W]``."""

@@ -19,9 +19,9 @@ eval-spin: install
 	$(PY) projects/spin/eval.py experiment=$(SPIN_EXPERIMENT) data.cache_dir=$(abspath $(SPIN_CACHE)) \
 		ckpt_path=$(abspath $(SPIN_CKPT))
 
-# make predict-spin IN=scan_t1w.nii.gz OUT=lesion.nii.gz [SPIN_CKPT=...]
+# make predict-spin IN=scan_t1w.nii.gz|FOLDER OUT=lesion.nii.gz|FOLDER [SPIN_CKPT=...]
 predict-spin: install
-	$(PY) -m projects.spin.predict --ckpt $(SPIN_CKPT) --input $(IN) --output $(OUT)
+	$(PY) -m projects.spin.predict -i $(IN) -o $(OUT) --ckpt $(SPIN_CKPT)
 
 demo-spin: install
 	$(PY) -m projects.spin.demo --out outputs/demo/spin

@@ -17,7 +17,8 @@ from common.errors import DataError
 from common.io import Volume, load_nifti, save_nifti, scale_axis_affine
 from projects.easysr.infer import super_resolve, upsample_normalised
 from projects.easysr.model import EasySRGenerator
-from projects.easysr.predict import predict
+from projects.easysr.predict import main, predict
+from tests.contract import check_eval_report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -151,12 +152,19 @@ def test_command_line_2d_input_exits_2_without_output(tmp_path, weights):
     flat = tmp_path / "slice2d.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((8, 8), np.float32), np.eye(4)), flat)
     bad_out = tmp_path / "bad.nii.gz"
-    done = subprocess.run([sys.executable, str(REPO / "projects/easysr/predict.py"), f"input={flat}",
-                           f"output={bad_out}", f"weights={weights}", "model.generator.width=2",
-                           "model.generator.n_res=1"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    reference_size = tmp_path / "G_reference_size.pth"  # the generator of conf/easysr/model/easysr.yaml
+    torch.save(replicating_generator().state_dict(), reference_size)
+    done = subprocess.run([sys.executable, "-m", "projects.easysr.predict", "-i", str(flat), "-o", str(bad_out),
+                           "--ckpt", str(reference_size)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert "slice2d.nii.gz" in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: {flat}") and done.stderr.count("\n") == 1
+    assert not bad_out.exists()
+    # the former key=value form still works for one release, and says so
+    done = subprocess.run([sys.executable, "-m", "projects.easysr.predict", f"input={flat}", f"output={bad_out}",
+                           f"weights={weights}", "model.generator.width=2", "model.generator.n_res=1"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "note: the key=value form" in done.stderr and "slice2d.nii.gz" in done.stderr
     assert not bad_out.exists()
 
 
@@ -231,7 +239,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
                              "data.patches_per_volume=1", "+trainer.limit_val_batches=0", "test_after_fit=false",
                              f"paths.output_dir={out / 'run'}"]))
     ckpt = out / "run" / "checkpoints" / "last.ckpt"
-    outputs, patches = _eval_outputs(_compose("eval", [*data, f"ckpt_path={ckpt}", f"paths.output_dir={out}"]))
+    outputs, patches = _eval_outputs(_compose("eval", [*data, f"ckpt_path={ckpt}", f"paths.output_dir={out}",
+                                                       "inference_precision=32"]))
     source = load_nifti(held_out)  # the raw layout: made thick along axis 2 by 2, as training did
     hr = np.moveaxis(source.data.astype(np.float32), 2, 1)
     affine = source.affine[:, [0, 2, 1, 3]]
@@ -264,7 +273,26 @@ def test_patch_given_overrides_the_checkpoint_and_says_so(demo_run: dict, capsys
     assert "note: patch [16, 8, 18] overrides the checkpoint's model.eval_patch" in err and "has [6, 4, 6])" in err
     cfg = _compose("eval", [f"data.raw_dir={demo_run['out'] / 'train_data'}", f"data.cache_dir={demo_run['out'] / 'cache'}",
                             "logger=none", "callbacks=minimal", f"ckpt_path={demo_run['ckpt']}",
-                            f"paths.output_dir={demo_run['out'] / 'eval_whole'}", "eval.patch=[16,8,18]"])
+                            f"paths.output_dir={demo_run['out'] / 'eval_whole'}", "eval.patch=[16,8,18]",
+                            "inference_precision=32"])
     outputs, patches = _eval_outputs(cfg)
     assert patches == [[16, 8, 18]] and "note: eval.patch [16, 8, 18] overrides" in capsys.readouterr().err
     np.testing.assert_allclose(whole.data, outputs[0].numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_eval_writes_the_contract_report(demo_run: dict) -> None:
+    report = check_eval_report(demo_run["out"] / "eval_metrics.json")
+    assert list(report["cases"]) == ["held"] and set(report["mean"]) == {"psnr", "ssim"}
+    assert set(report["spline"]["held"]) == {"psnr", "ssim"} and report["protocol"]["scale"] == 2
+
+
+def test_a_folder_of_two_scans_gives_a_folder_of_two_volumes(demo_run: dict, tmp_path: Path) -> None:
+    for name in ("a.nii.gz", "b.nii.gz"):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / name).symlink_to(demo_run["thick"])
+    assert main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--ckpt", str(demo_run["ckpt"]),
+                 "--precision", "32", "--intensity", "normalised"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "b.nii.gz"]
+    for name in ("a.nii.gz", "b.nii.gz"):
+        np.testing.assert_allclose(load_nifti(tmp_path / "out" / name).data, demo_run["eval"][0].numpy(),
+                                   rtol=1e-5, atol=1e-4)  # eval's output for that scan

@@ -12,6 +12,7 @@ from common.io import read_reconstruction
 from common.run import train
 from projects.fastmri_gen.eval import evaluate
 from projects.fastmri_gen.predict import main
+from tests.contract import check_eval_report
 from tests.fastmri_gen.test_train import compose_cfg, tiny
 
 HELD_OUT = "file1100001.h5"  # a validation volume: never trained on
@@ -25,15 +26,15 @@ def demo_run(fastmri_root: Path, tmp_path_factory: pytest.TempPathFactory) -> di
                        "+trainer.limit_val_batches=1", "test_after_fit=false", "data.accelerations=[8]",
                        "data.mask_type=equispaced", *tiny(fastmri_root, out / "run")]))
     ckpt = out / "run" / "checkpoints" / "last.ckpt"
-    evaluate(compose_cfg(["experiment=demo", f"ckpt_path={ckpt}", "eval.accelerations=[8]",
+    evaluate(compose_cfg(["experiment=demo", f"ckpt_path={ckpt}", "eval.accelerations=[8]", "inference_precision=32",
                           "data.mask_type=equispaced", *tiny(fastmri_root, out / "eval")], name="eval"))
     return {"ckpt": ckpt, "input": fastmri_root / "singlecoil_val" / HELD_OUT, "out": out,
             "eval": read_reconstruction(out / "eval" / "reconstructions" / "x8" / HELD_OUT)}
 
 
 def _predict(run: dict, name: str, *flags: str) -> np.ndarray:
-    assert main(["--ckpt", str(run["ckpt"]), "--input", str(run["input"]), "--out", str(run["out"] / name),
-                 *flags]) == 0
+    assert main(["--ckpt", str(run["ckpt"]), "-i", str(run["input"]), "-o", str(run["out"] / name / HELD_OUT),
+                 "--precision", "32", *flags]) == 0
     return read_reconstruction(run["out"] / name / HELD_OUT)
 
 
@@ -54,18 +55,36 @@ def test_a_bad_file_is_named_as_the_user_gave_it(demo_run: dict, tmp_path: Path,
     bad = tmp_path / "inputs" / "file1100009.h5"
     bad.parent.mkdir()
     bad.write_bytes(b"not an HDF5 file")
-    assert main(["--ckpt", str(demo_run["ckpt"]), "--input", str(bad), "--out", str(tmp_path / "out")]) == 2
+    assert main(["--ckpt", str(demo_run["ckpt"]), "--input", str(bad), "--output", str(tmp_path / "out.h5")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {bad}:") and err.count("\n") == 1
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out.h5").exists()
 
 
 def test_an_unwritable_output_folder_is_one_line_and_leaves_nothing(demo_run: dict, tmp_path: Path, capsys) -> None:
     # Tests run as root, which chmod does not stop: a regular file where the folder should be blocks it instead.
     (tmp_path / "taken").write_text("")
     shutil.copy(demo_run["input"], tmp_path / HELD_OUT)
+    assert main(["--ckpt", str(demo_run["ckpt"]), "--input", str(tmp_path), "--output", str(tmp_path / "taken")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'taken'}: is a file, but the input {tmp_path} is a folder: " \
+                                      "give an output folder\n"
     assert main(["--ckpt", str(demo_run["ckpt"]), "--input", str(tmp_path / HELD_OUT),
-                 "--out", str(tmp_path / "taken" / "recons")]) == 2
-    assert capsys.readouterr().err == (f"error: {tmp_path / 'taken' / 'recons'}: cannot create the output folder "
-                                       "(Not a directory)\n")
+                 "--output", str(tmp_path / "taken" / "recon.h5")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'taken'}: cannot create the output folder (")
     assert sorted(p.name for p in tmp_path.iterdir()) == [HELD_OUT, "taken"]
+
+
+def test_eval_writes_the_contract_report(demo_run: dict) -> None:
+    report = check_eval_report(demo_run["out"] / "eval" / "eval_metrics.json")
+    assert report["protocol"]["acceleration"] == 8 and report["cases"] == report["x8"]["cases"]
+    assert f"{HELD_OUT.removesuffix('.h5')}" in report["cases"] and set(report["mean"]) == {"nmse", "psnr", "ssim"}
+
+
+def test_a_folder_of_volumes_gives_a_folder_of_reconstructions(demo_run: dict, fastmri_root: Path, capsys) -> None:
+    out = demo_run["out"] / "folder"
+    assert main(["--ckpt", str(demo_run["ckpt"]), "-i", str(fastmri_root / "singlecoil_val"), "--out", str(out),
+                 "--precision", "32"]) == 0
+    assert "note: --out is now --output" in capsys.readouterr().err
+    names = sorted(p.name for p in (fastmri_root / "singlecoil_val").glob("*.h5"))
+    assert len(names) >= 2 and sorted(p.name for p in out.iterdir()) == names
+    np.testing.assert_allclose(read_reconstruction(out / HELD_OUT), demo_run["eval"], rtol=1e-5, atol=1e-7)

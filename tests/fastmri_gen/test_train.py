@@ -100,7 +100,7 @@ def test_network_experiments_fast_dev_run_at_paper_width(fastmri_root, tmp_path,
 
 
 def test_eval_writes_fastmri_layout_and_matches_official_and_module_metrics(fastmri_root, tmp_path):
-    cfg = compose_cfg(["experiment=demo", "model=zero_filled", "eval.accelerations=[4]",
+    cfg = compose_cfg(["experiment=demo", "model=zero_filled", "eval.accelerations=[4]", "inference_precision=32",
                        *tiny(fastmri_root, tmp_path)], name="eval")
     results = evaluate(cfg)["x4"]
     out = tmp_path / "reconstructions" / "x4"

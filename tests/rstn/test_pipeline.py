@@ -156,7 +156,8 @@ def test_the_whole_test_chain_on_two_cases(synthetic_cache, tmp_path) -> None:
         per_case = json.loads((out / f"{stage}_dsc.json").read_text())
         assert set(per_case) == {"synth000", "synth001"}
     for case in ("synth000", "synth001"):
-        assert 1 <= result["cases"][case]["rounds"] <= 2
+        assert 1 <= result["details"][case]["rounds"] <= 2
+        assert result["cases"][case]["dice"] == result["cases"][case]["dice_coarse2fine"]
         written = nib.load(out / "coarse2fine" / f"{case}.nii.gz")
         data, affine = to_source_layout(np.asarray(cache.load(case, "label")), cache.affine(case))
         assert written.shape == data.shape and np.allclose(written.affine, affine, atol=1e-5)

@@ -11,14 +11,16 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from common.io.nifti import save_nifti
+from common.io.nifti import load_nifti, save_nifti
 from common.run import CONF_ROOT
 from common.synthetic.ct import ct_abdomen
+from common.synthetic.dicom_series import write_ct_series
 from projects.rstn import inference
 from projects.rstn.eval import evaluate_rstn
 from projects.rstn.inference import fine_plane
 from projects.rstn.predict import main
 from projects.rstn.train import train_planes
+from tests.contract import check_eval_report
 
 # Five steps at a high rate, organ slices only and a per-slice Dice: the coarse stage then marks voxels, so the
 # fine stage runs (at the default rate it marks none in five steps and coarse-to-fine stops at round 0).
@@ -44,7 +46,9 @@ def demo_run(synthetic_cache: Path, tmp_path_factory: pytest.TempPathFactory) ->
     ckpt = out / "run" / "Z" / "checkpoints" / "last.ckpt"
     _, eval_margins = _margins_used(evaluate_rstn, _eval_config(data, out, ckpt, "eval"))
     hu, _, affine = ct_abdomen(3, shape=(32, 32, 16))  # synth000 of the cache (prepare_synthetic seed 3), held out
-    ct = save_nifti(out / "synth000_ct.nii.gz", hu, affine, dtype=np.float32)
+    ct = save_nifti(out / "cts" / "synth000.nii.gz", np.round(hu), affine, dtype=np.float32)
+    hu_2, _, affine_2 = ct_abdomen(4, shape=(32, 32, 16))
+    save_nifti(out / "cts" / "synth001.nii.gz", np.round(hu_2), affine_2, dtype=np.float32)
     return {"ckpt": ckpt, "ct": ct, "eval_mask": out / "eval" / "coarse2fine" / "synth000.nii.gz", "out": out,
             "data": data, "eval_margins": eval_margins}
 
@@ -53,7 +57,8 @@ def _eval_config(data: list[str], out: Path, ckpt: Path, name: str, *overrides: 
     """Eval's config without `experiment=demo`: its own model.margin is then the paper's 20, the checkpoint's 5."""
     data = ["data=synthetic" if item == "experiment=demo" else item for item in data]
     return _compose("eval", [*data, f"paths.output_dir={out}", f"checkpoints.Z={ckpt}", "eval.planes=[Z]",
-                             "eval.stages=[coarse2fine]", f"eval.out_dir={out / name}", *overrides])
+                             "eval.stages=[coarse2fine]", f"eval.out_dir={out / name}", "inference_precision=32",
+                             *overrides])
 
 
 def _margins_used(fn, *args) -> tuple[Any, set[int]]:
@@ -71,8 +76,8 @@ def _margins_used(fn, *args) -> tuple[Any, set[int]]:
 
 def _predict(run: dict, name: str, *flags: str) -> np.ndarray:
     output = run["out"] / name
-    assert main(["--input", str(run["ct"]), "--output", str(output), "--checkpoint", f"Z={run['ckpt']}",
-                 *flags]) == 0
+    assert main(["--input", str(run["ct"]), "--output", str(output), "--ckpt", f"Z={run['ckpt']}",
+                 "--precision", "32", *flags]) == 0
     return np.asarray(nib.load(output).dataobj)
 
 
@@ -108,7 +113,39 @@ def test_an_unwritable_output_folder_is_one_line_and_leaves_nothing(demo_run: di
     # Tests run as root, which chmod does not stop: a regular file where the folder should be blocks it instead.
     (tmp_path / "taken").write_text("")
     assert main(["--input", str(demo_run["ct"]), "--output", str(tmp_path / "taken" / "mask.nii.gz"),
-                 "--checkpoint", f"Z={demo_run['ckpt']}"]) == 2
+                 "--ckpt", f"Z={demo_run['ckpt']}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path / 'taken'}: cannot create the output folder (") and err.count("\n") == 1
     assert [p.name for p in tmp_path.iterdir()] == ["taken"]
+
+
+def test_eval_writes_the_contract_report(demo_run: dict) -> None:
+    report = check_eval_report(demo_run["out"] / "eval" / "summary.json")
+    case = next(iter(report["cases"]))
+    assert report["cases"][case]["dice"] == report["cases"][case]["dice_coarse2fine"]
+    assert "coarse2fine" in report["protocol"]["paper"] and report["stages"]["coarse2fine"]["n"] == len(report["cases"])
+
+
+def test_a_run_folder_and_a_folder_of_two_cts_give_two_masks(demo_run: dict, capsys) -> None:
+    out = demo_run["out"] / "masks"
+    assert main(["-i", str(demo_run["ct"].parent), "-o", str(out), "--ckpt", str(demo_run["out"] / "run"),
+                 "--precision", "32"]) == 0  # the run folder holds Z/ only
+    assert sorted(p.name for p in out.iterdir()) == ["synth000.nii.gz", "synth001.nii.gz"]
+    np.testing.assert_array_equal(np.asarray(nib.load(out / "synth000.nii.gz").dataobj),
+                                  np.asarray(nib.load(demo_run["eval_mask"]).dataobj))
+    assert main(["-i", str(demo_run["ct"]), "-o", str(out / "old.nii.gz"), "--checkpoint", f"Z={demo_run['ckpt']}",
+                 "--precision", "32"]) == 0
+    assert "note: --checkpoint is now --ckpt" in capsys.readouterr().err
+
+
+def test_a_dicom_series_gives_the_mask_of_its_nifti(demo_run: dict) -> None:
+    ct = load_nifti(demo_run["ct"])
+    series = demo_run["out"] / "dicom" / "synth000"
+    write_ct_series(series / "study" / "series", ct.data, ct.affine, patient_id="synth000",
+                    study_uid="1.2.826.0.2.1", series_uid="1.2.826.0.2.1.1")
+    output = demo_run["out"] / "from_dicom.nii.gz"
+    assert main(["-i", str(series), "-o", str(output), "--ckpt", f"Z={demo_run['ckpt']}", "--precision", "32"]) == 0
+    expected = nib.load(demo_run["eval_mask"])
+    assert np.asarray(expected.dataobj).any()
+    np.testing.assert_array_equal(np.asarray(nib.load(output).dataobj), np.asarray(expected.dataobj))
+    np.testing.assert_allclose(nib.load(output).affine, ct.affine, atol=1e-4)

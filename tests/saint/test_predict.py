@@ -12,15 +12,18 @@ from hydra.core.global_hydra import GlobalHydra
 
 from common.io.nifti import load_nifti
 from common.run import CONF_ROOT, train
+from common.synthetic.dicom_series import write_ct_series
 from projects.saint.demo import thick_slice_copy
 from projects.saint.eval import evaluate
 from projects.saint.model import SAINT
 from projects.saint.predict import main
+from tests.contract import check_eval_report
 from tests.saint.test_matrix import SHRINK
 
 # Factor 3 and a fixed plane batch of 7: neither is a code default (4, and a batch by pixel budget).
 TRAINED = ["model.eval_factors=[3]", "model.plane_batch=7"]
 HELD_OUT = "liver_0"  # the first paper-test case of the fixture: never trained on
+HELD_OUT_2 = "liver_1"  # the second
 
 
 def _compose(config: str, overrides: list[str]):
@@ -34,7 +37,7 @@ def _eval(run: dict, name: str, *overrides: str) -> Path:
     out = run["out"] / name
     evaluate(_compose("eval", [f"ckpt_path={run['ckpt']}", f"data.cache_dir={run['cache']}", "max_cases=1",
                                "write_volumes=true", "baselines=[]", "fuse=[mean]", f"paths.output_dir={out}",
-                               *overrides]))
+                               "inference_precision=32", *overrides]))
     return out
 
 
@@ -62,14 +65,16 @@ def demo_run(msd_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathF
                              f"paths.output_dir={out / 'run'}", "+trainer.enable_progress_bar=false"]))
     run = {"ckpt": out / "run" / "checkpoints" / "last.ckpt", "cache": cache_dir, "out": out}
     run["eval"], run["eval_batches"] = _plane_batches(_eval, run, "eval")
-    source = next((msd_root / "Task03_Liver").glob(f"images*/{HELD_OUT}.nii.gz"))  # the MSD layout, thin slices
-    run["thick"] = thick_slice_copy(source, out / f"{HELD_OUT}_thick_x3.nii.gz", 3)
+    for key, case in (("thick", HELD_OUT), ("thick_2", HELD_OUT_2)):
+        source = next((msd_root / "Task03_Liver").glob(f"images*/{case}.nii.gz"))  # the MSD layout, thin slices
+        run[key] = thick_slice_copy(source, out / "thick" / f"{case}.nii.gz", 3)
     return run
 
 
 def _predict(run: dict, name: str, *flags: str):
     output = run["out"] / name
-    assert main(["--input", str(run["thick"]), "--output", str(output), "--ckpt", str(run["ckpt"]), *flags]) == 0
+    assert main(["--input", str(run["thick"]), "--output", str(output), "--ckpt", str(run["ckpt"]),
+                 "--precision", "32", *flags]) == 0
     return load_nifti(output, dtype=np.float32)
 
 
@@ -94,3 +99,33 @@ def test_flags_override_the_checkpoint_and_say_so(demo_run: dict, capsys) -> Non
     out, batches = _plane_batches(_eval, demo_run, "eval_x2", "factor=2")
     assert (out / "eval_x2.json").exists() and (out / "x2" / f"{HELD_OUT}.nii.gz").exists() and batches == {7}
     assert "note: factor 2 overrides the checkpoint's model.eval_factors[0]" in capsys.readouterr().err
+
+
+def test_eval_writes_the_contract_report(demo_run: dict) -> None:
+    report = check_eval_report(demo_run["eval"] / "eval_x3.json")
+    assert set(report["cases"]) == {HELD_OUT} and set(report["mean"]) == {"psnr", "ssim"}
+    assert report["protocol"]["factor"] == 3 and report["methods"][HELD_OUT]["SAINT mean fusion"]["psnr"] == \
+        report["cases"][HELD_OUT]["psnr"]
+
+
+def test_a_folder_of_two_cases_gives_a_folder_of_two_outputs(demo_run: dict) -> None:
+    out = demo_run["out"] / "thin"
+    assert main(["-i", str(demo_run["thick"].parent), "-o", str(out), "--ckpt", str(demo_run["ckpt"]),
+                 "--precision", "32"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"{HELD_OUT}.nii.gz", f"{HELD_OUT_2}.nii.gz"]
+    single = _predict(demo_run, "single.nii.gz")
+    np.testing.assert_array_equal(load_nifti(out / f"{HELD_OUT}.nii.gz", dtype=np.float32).data, single.data)
+    assert load_nifti(out / f"{HELD_OUT_2}.nii.gz").shape[2] == 3 * load_nifti(demo_run["thick_2"]).shape[2]
+
+
+def test_a_dicom_series_gives_the_voxels_of_its_nifti(demo_run: dict) -> None:
+    thick = load_nifti(demo_run["thick"], dtype=np.float32)
+    series = demo_run["out"] / "dicom" / HELD_OUT
+    write_ct_series(series, thick.data, thick.affine, patient_id=HELD_OUT, study_uid="1.2.826.0.1.1",
+                    series_uid="1.2.826.0.1.1.1", file_order=np.arange(thick.shape[2])[::-1].copy())
+    output = demo_run["out"] / "from_dicom.nii.gz"
+    assert main(["-i", str(series), "-o", str(output), "--ckpt", str(demo_run["ckpt"]), "--precision", "32"]) == 0
+    expected = _predict(demo_run, "from_nifti.nii.gz")
+    predicted = load_nifti(output, dtype=np.float32)
+    np.testing.assert_array_equal(predicted.data, expected.data)
+    np.testing.assert_allclose(predicted.affine, expected.affine, atol=1e-4)

@@ -21,6 +21,7 @@ from projects.spin.augment import augment_batch
 from projects.spin.data import normalise
 from projects.spin.eval import evaluate_spin
 from projects.spin.predict import logits_function, predict_volume, segment_nifti
+from tests.contract import check_eval_report
 from tests.spin.test_train import TINY_SPIN
 
 
@@ -121,7 +122,8 @@ def _contexts(fn, *args) -> tuple[Any, set[int]]:
 def _eval(run: dict, name: str, *overrides: str) -> Path:
     out = run["out"] / name
     evaluate_spin(_compose("eval", [*DATA, f"data.root={run['data']}", f"ckpt_path={run['ckpt']}",
-                                    "eval.write_masks=true", f"paths.output_dir={out}", *overrides]))
+                                    "eval.write_masks=true", f"paths.output_dir={out}", "inference_precision=32",
+                                    *overrides]))
     return out
 
 
@@ -143,7 +145,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def _predict(run: dict, name: str, *flags: str) -> nib.Nifti1Image:
     output = run["out"] / name
     assert spin_predict.main(["--ckpt", str(run["ckpt"]), "--input", str(run["t1"]), "--output", str(output),
-                              *flags]) == 0
+                              "--precision", "32", *flags]) == 0
     return nib.load(output)
 
 
@@ -171,3 +173,25 @@ def test_flags_override_the_checkpoint_and_say_so(demo_run: dict, capsys) -> Non
     np.testing.assert_array_equal(np.asarray(nib.as_closest_canonical(flipped).dataobj),
                                   np.asarray(nib.load(out / "masks" / f"{demo_run['scan']}.nii.gz").dataobj))
     assert json.loads((out / "eval_spin.json").read_text())["settings"]["tta_flip"] is True
+
+
+def test_eval_writes_the_contract_report(demo_run: dict) -> None:
+    report = check_eval_report(demo_run["eval"] / "eval_spin.json")
+    test_ids = json.loads((demo_run["data"] / "split.json").read_text())["test"]
+    assert set(report["cases"]) == set(test_ids) and set(report["mean"]) == {"dice", "iou", "precision", "recall"}
+    assert report["protocol"]["paper"]["SPiN"]["scans"]["dice"] == 0.703 and "small_lesion" in report
+
+
+def test_a_folder_of_two_scans_gives_a_folder_of_two_masks(demo_run: dict, capsys) -> None:
+    scans = json.loads((demo_run["data"] / "split.json").read_text())["test"]
+    folder = demo_run["out"] / "t1"
+    folder.mkdir()
+    for scan in scans:
+        (folder / f"{scan}.nii.gz").symlink_to(demo_run["data"] / "raw" / scan[:5] / scan / f"{scan}_t1w_stx.nii.gz")
+    out = demo_run["out"] / "masks"
+    assert spin_predict.main(["-i", str(folder), "-o", str(out), "--ckpt", str(demo_run["ckpt"]), "--bf16"]) == 0
+    assert "note: --bf16 is now --precision bf16" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{scan}.nii.gz" for scan in scans)
+    for scan in scans:
+        mask = nib.load(out / f"{scan}.nii.gz")
+        assert mask.shape == nib.load(folder / f"{scan}.nii.gz").shape and mask.get_data_dtype() == np.uint8

@@ -69,10 +69,10 @@ def test_demo_fit_then_eval_writes_both_protocols(tmp_path: Path) -> None:
     out = evaluate_spin(cfg)
     saved = json.loads((tmp_path / "eval_spin.json").read_text())
     test_ids = json.loads((data / "split.json").read_text())["test"]
-    assert saved["n_scans"] == 2 and set(saved["per_scan"]) == set(test_ids)
+    assert saved["n_scans"] == 2 and set(saved["cases"]) == set(test_ids)
     assert (data / "raw" / test_ids[0][:5] / test_ids[0] / f"{test_ids[0]}_t1w_stx.nii.gz").is_file()
     assert all(0.0 <= v <= 1.0 for v in out["mean"].values())
-    assert saved["paper"]["SPiN"]["scans"]["dice"] == PAPER["SPiN"]["scans"][0]
+    assert saved["protocol"]["paper"]["SPiN"]["scans"]["dice"] == PAPER["SPiN"]["scans"][0]
     assert saved["n_small_slices"] > 0
 
 
