@@ -284,7 +284,7 @@ class SegmentationVolumeMetric(CaseSliceMetric):
     """
 
     higher_is_better = True
-    metric_names = ("dice", "iou", "precision", "recall")
+    metric_names: tuple[str, ...] = ("dice", "iou", "precision", "recall")
     num_stats = 3
 
     def __init__(
