@@ -5,12 +5,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from common.run import entry, evaluate  # noqa: E402
+from common.run import entry, evaluate
 
 if __name__ == "__main__":
     entry("easysr", evaluate, config_name="eval")()

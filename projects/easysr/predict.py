@@ -9,24 +9,19 @@ is written then.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
-import torch  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from common.checkpoint import read_checkpoint  # noqa: E402
-from common.errors import DataError  # noqa: E402
-from common.io import load_nifti, save_nifti  # noqa: E402
-from common.weights import load_third_party  # noqa: E402
-from projects.easysr.infer import super_resolve  # noqa: E402
+from common.checkpoint import read_checkpoint
+from common.errors import DataError
+from common.io import load_nifti, save_nifti
+from common.weights import load_third_party
+from projects.easysr.infer import super_resolve
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "easysr"
-
-
 
 
 def load_generator(cfg: DictConfig) -> torch.nn.Module:

@@ -13,25 +13,21 @@ gives the same figures. Results: `<run dir>/eval_metrics.json`.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from common.checkpoint import instantiate_model, module_from_checkpoint  # noqa: E402
-from common.errors import DataError  # noqa: E402
-from common.io import read_reconstruction, save_json, write_reconstructions  # noqa: E402
-from common.metrics import fastmri_volume_metrics  # noqa: E402
-from common.run import entry, output_dir  # noqa: E402
+from common.checkpoint import instantiate_model, module_from_checkpoint
+from common.errors import DataError
+from common.io import read_reconstruction, save_json, write_reconstructions
+from common.metrics import fastmri_volume_metrics
+from common.run import entry, output_dir
 
 
 def load_checkpoint_module(path: str | Path) -> tuple[Any, dict]:

@@ -9,7 +9,6 @@ on the CT grid (`<out_dir>/<stage>/<case>.nii.gz`) and its per-case DSC (`<out_d
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,16 +17,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from common.checkpoint import module_from_checkpoint, read_checkpoint  # noqa: E402
-from common.errors import DataError  # noqa: E402
-from common.io.atomic import save_json  # noqa: E402
-from common.io.cache import VolumeCache  # noqa: E402
-from common.io.nifti import save_nifti  # noqa: E402
-from common.run import entry  # noqa: E402
-from projects.rstn.data import load_split  # noqa: E402
-from projects.rstn.inference import (  # noqa: E402
+from common.checkpoint import module_from_checkpoint, read_checkpoint
+from common.errors import DataError
+from common.io.atomic import save_json
+from common.io.cache import VolumeCache
+from common.io.nifti import save_nifti
+from common.run import entry
+from projects.rstn.data import load_split
+from projects.rstn.inference import (
     average_triplets,
     coarse_to_fine,
     dsc,
@@ -35,8 +32,8 @@ from projects.rstn.inference import (  # noqa: E402
     oracle_plane,
     predict_plane,
 )
-from projects.rstn.model import RSTN  # noqa: E402
-from projects.rstn.prepare import to_source_layout  # noqa: E402
+from projects.rstn.model import RSTN
+from projects.rstn.prepare import to_source_layout
 
 log = logging.getLogger(__name__)
 

@@ -10,27 +10,23 @@ trained RFN, mean fusion, and each marginal view alone) and for the baselines, a
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from common.errors import DataError  # noqa: E402
-from common.io.atomic import save_json  # noqa: E402
-from common.io.cache import VolumeCache  # noqa: E402
-from common.run import entry, output_dir  # noqa: E402
-from common.runtime import set_threads  # noqa: E402
-from projects.saint.checkpoint import load_saint  # noqa: E402
-from projects.saint.data import PAPER_SPLIT, VolumeDataset, split_cases  # noqa: E402
-from projects.saint.evaluation import interpolate_z, psnr_saint, ssim_saint, weighted_mean  # noqa: E402
-from projects.saint.model import SAINT  # noqa: E402
+from common.errors import DataError
+from common.io.atomic import save_json
+from common.io.cache import VolumeCache
+from common.run import entry, output_dir
+from common.runtime import set_threads
+from projects.saint.checkpoint import load_saint
+from projects.saint.data import PAPER_SPLIT, VolumeDataset, split_cases
+from projects.saint.evaluation import interpolate_z, psnr_saint, ssim_saint, weighted_mean
+from projects.saint.model import SAINT
 
 log = logging.getLogger(__name__)
 

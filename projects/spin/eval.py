@@ -10,24 +10,20 @@ computed once over the pool. Writes ``<run dir>/eval_spin.json`` and prints a ta
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
-import numpy as np  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from common.io.atomic import save_json  # noqa: E402
-from common.io.cache import VolumeCache  # noqa: E402
-from common.metrics import confusion_counts, scores_from_counts  # noqa: E402
-from common.run import entry, load_module, output_dir, resolve_ckpt_path  # noqa: E402
-from projects.spin.data import small_lesion_slices  # noqa: E402
-from projects.spin.predict import logits_function, predict_volume  # noqa: E402
-from projects.spin.prepare import volume_xyz  # noqa: E402
+from common.io.atomic import save_json
+from common.io.cache import VolumeCache
+from common.metrics import confusion_counts, scores_from_counts
+from common.run import entry, load_module, output_dir, resolve_ckpt_path
+from projects.spin.data import small_lesion_slices
+from projects.spin.predict import logits_function, predict_volume
+from projects.spin.prepare import volume_xyz
 
 METRICS = ("dice", "iou", "precision", "recall")
 #: Paper Tables 2 (27 test scans, mean over scans) and 3 (pooled small-lesion slices): DSC, IoU, P, R.
