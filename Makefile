@@ -6,6 +6,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_CONSTRAINTS ?= constraints/cpu.txt
 STAMP := $(VENV)/.installed
+# Data root, as conf/paths/default.yaml reads it: raw downloads in $(MEDIMG_DATA)/raw/<dataset>, each project's
+# cache in $(MEDIMG_DATA)/cache/<project>. Exported, so that every command a target runs resolves the same paths.
+REPO := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
+MEDIMG_DATA := $(or $(MEDIMG_DATA),$(REPO)/data)
+export MEDIMG_DATA
 export HYDRA_FULL_ERROR := 1
 export PYTHONWARNINGS := ignore::DeprecationWarning
 # glibc keeps freed memory for reuse instead of mapping every large tensor afresh (common/runtime.py: the same

@@ -41,6 +41,7 @@ from common.checkpoint import (
 from common.cli import exit_on_data_error
 from common.errors import DataError
 from common.io.atomic import atomic_path, save_json
+from common.preflight import DATA_STAGES, check_inputs
 from common.runtime import set_threads
 from common.tb_events import trim_after_resume
 
@@ -330,18 +331,26 @@ def entry(project: str, fn: Any = None, config_name: str = "train") -> Any:
     """Returns the Hydra main function of a project: `entry("spin", train)()` in `projects/spin/train.py`.
 
     The project's configs live in `conf/<project>/`; the shared groups (trainer, logger, callbacks, paths,
-    hydra, debug) are found through the `hydra.searchpath` entry `pkg://conf` of its primary config.
+    hydra, debug) are found through the `hydra.searchpath` entry `pkg://conf` of its primary config. The
+    command is the same whether started as `python -m projects.<p>.<cmd>` or `python projects/<p>/<cmd>.py`:
+    the configs are found by absolute path and the run folder comes from `hydra.run.dir`.
     """
     import hydra
 
     @hydra.main(config_path=str(CONF_ROOT / project), config_name=config_name, version_base="1.3")
     def _main(cfg: DictConfig) -> Any:
-        return cli(fn or train, cfg)
+        return cli(fn or train, cfg, DATA_STAGES.get(config_name))
 
     return _main
 
 
-def cli(fn: Any, cfg: DictConfig) -> Any:
-    """Runs `fn(cfg)` with the config's `threads`; a `DataError` becomes one line on stderr and exit code 2."""
+def cli(fn: Any, cfg: DictConfig, stage: str | None = None) -> Any:
+    """Runs `fn(cfg)` with the config's `threads`; a `DataError` becomes one line on stderr and exit code 2.
+
+    With a `stage` the inputs are checked first (`check_inputs`), so that a missing checkpoint or data set
+    stops the command before any model is built.
+    """
     _set_threads(cfg)
+    if stage is not None:
+        exit_on_data_error(check_inputs, cfg, stage)
     return exit_on_data_error(fn, cfg)

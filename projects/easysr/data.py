@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 from common.errors import DataError
 from common.io.cache import VolumeCache
 from common.loaders import loader_options
-from projects.easysr.prepare import build_cache, case_id, find_volumes
+from common.prepare import not_prepared
+from projects.easysr.prepare import RAW_HINT, SOURCE, build_cache, cached_splits, case_id, find_volumes
 
 
 class SRSample(NamedTuple):
@@ -140,19 +141,36 @@ class EasySRDataModule(pl.LightningDataModule):
         self.splits: dict[str, list[str]] = {}
         self.cache: VolumeCache | None = None
 
-    def prepare_data(self) -> None:
-        """Writes the cache (once; reused while the raw files and settings are unchanged)."""
+    def check_data(self, stage: str | None = None) -> None:
+        """Raises `DataError` naming the prepare command when there is neither a raw folder nor a cache."""
         h = self.hparams
-        build_cache(h.raw_dir, h.cache_dir, h.axis, h.scale, h.val_fraction, h.split_seed, h.require_isotropic)
+        if not Path(h.raw_dir).is_dir() and len(VolumeCache(h.cache_dir)) == 0:
+            raise not_prepared(h.cache_dir, f"the cache is empty and the raw folder {h.raw_dir} (data.raw_dir) "
+                                            "does not exist", "easysr", RAW_HINT, SOURCE)
+
+    def prepare_data(self) -> None:
+        """Writes the cache (once; reused while the raw files and settings are unchanged).
+
+        Without the raw folder the cache written by `prepare` is used as it is.
+        """
+        h = self.hparams
+        self.check_data()
+        if Path(h.raw_dir).is_dir():
+            build_cache(h.raw_dir, h.cache_dir, h.axis, h.scale, h.val_fraction, h.split_seed,
+                        h.require_isotropic)
 
     def setup(self, stage: str | None = None) -> None:
         """Reads the split of every case; checks that whole-volume training volumes share one shape."""
         h = self.hparams
-        files = find_volumes(h.raw_dir, h.val_fraction, h.split_seed)
-        self.splits = {s: [case_id(p) for p in paths] for s, paths in files.items()}
+        self.cache = VolumeCache(h.cache_dir)
+        if Path(h.raw_dir).is_dir():
+            files = find_volumes(h.raw_dir, h.val_fraction, h.split_seed)
+            self.splits = {s: [case_id(p) for p in paths] for s, paths in files.items()}
+        else:
+            self.check_data(stage)
+            self.splits = cached_splits(self.cache, h.axis, h.scale)
         if not self.splits["test"]:
             self.splits["test"] = list(self.splits["validation"])
-        self.cache = VolumeCache(h.cache_dir)
         missing = [c for ids in self.splits.values() for c in ids if c not in self.cache]
         if missing:
             raise DataError(Path(h.cache_dir), f"cases {missing} are not prepared: run prepare_data first")

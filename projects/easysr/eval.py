@@ -13,20 +13,16 @@ Writes `<run dir>/eval_metrics.json` (`common.eval_report`): per test volume the
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
-
-from common.checkpoint import read_checkpoint  # noqa: E402
-from common.errors import DataError  # noqa: E402
-from common.eval_report import write_eval_report  # noqa: E402
-from common.run import entry, output_dir, resolve_ckpt_path, test_checkpoint  # noqa: E402
-from common.runtime import choose_precision  # noqa: E402
-from common.settings import CheckpointSettings, given_settings  # noqa: E402
+from common.checkpoint import read_checkpoint
+from common.errors import DataError
+from common.eval_report import write_eval_report
+from common.run import entry, output_dir, resolve_ckpt_path, test_checkpoint
+from common.runtime import choose_precision
+from common.settings import CheckpointSettings, given_settings
 
 
 def with_checkpoint_settings(cfg: DictConfig) -> DictConfig:

@@ -11,7 +11,9 @@ multiple of `scale` there), both mapped to [0, 255] by the normaliser fitted on 
 its meta holds the split, the source file, the voxel size and the normaliser. Case id = file name before the
 first '.', as in the reference.
 
-Command line: `python -m projects.easysr.prepare --raw DIR --cache DIR [--axis 1] [--scale 3]`.
+Command line: `python -m projects.easysr.prepare --raw DIR --cache DIR [--overwrite] [--axis 1] [--scale 3]`
+(defaults: `$MEDIMG_DATA/raw/easysr` and `$MEDIMG_DATA/cache/easysr`). Training builds the same cache on first
+use when `data.raw_dir` exists, and trains from the cache alone when it does not.
 """
 
 from __future__ import annotations
@@ -27,11 +29,16 @@ from common.cli import exit_code_on_data_error
 from common.errors import DataError
 from common.io import load_nifti, scale_axis_affine
 from common.io.cache import VolumeCache
+from common.prepare import add_renamed_flag, prepare_parser, raw_root
 from projects.easysr.ops import Normaliser, make_lr
 
 SPLITS = ("training", "validation", "test")
 CACHE_FORMAT = 1
 _ISO_RTOL = 0.05
+#: The raw data: its folder under `$MEDIMG_DATA/raw`, what `--raw` points at, where it comes from.
+RAW_DATASET = "easysr"
+RAW_HINT = "<folder with training/ and validation/ NIfTI volumes>"
+SOURCE = "no public data set: isotropic NIfTI volumes as in projects/easysr/README.md"
 
 
 def _nifti_files(folder: Path) -> list[Path]:
@@ -162,20 +169,40 @@ def build_cache(raw_dir: str | Path, cache_dir: str | Path, axis: int = 1, scale
     return cache
 
 
-@exit_code_on_data_error
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit code (2 on bad data)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--raw", required=True, help="raw NIfTI folder")
-    parser.add_argument("--cache", required=True, help="cache folder to write")
+def cached_splits(cache: VolumeCache, axis: int, scale: int) -> dict[str, list[str]]:
+    """Returns `{split: [case ids]}` of a cache written by `build_cache`, read from its metadata.
+
+    Raises:
+        DataError: a case prepared with another axis, scale or cache format.
+    """
+    splits: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for cid in sorted(cache.case_ids()):
+        meta = cache.meta(cid)
+        if (meta.get("axis"), meta.get("scale"), meta.get("format")) != (axis, scale, CACHE_FORMAT):
+            raise DataError(cache.root / cid, f"prepared with axis {meta.get('axis')}, scale {meta.get('scale')}; "
+                                              f"this run needs axis {axis}, scale {scale}: prepare again")
+        splits.setdefault(str(meta.get("split")), []).append(cid)
+    return splits
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the command line's parser: the flags every prepare command takes, then the project's own."""
+    parser = prepare_parser("easysr", __doc__.splitlines()[0],
+                            "raw NIfTI folder (training/ + validation/, or flat)", raw_root(RAW_DATASET))
     parser.add_argument("--axis", type=int, default=1)
     parser.add_argument("--scale", type=int, default=3)
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args(argv)
+    add_renamed_flag(parser, "--force", "--overwrite", switch=True)
+    return parser
+
+
+@exit_code_on_data_error
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code (2 on bad data)."""
+    args = build_parser().parse_args(argv)
     cache = build_cache(args.raw, args.cache, args.axis, args.scale, args.val_fraction, args.seed,
-                        force=args.force)
+                        force=args.overwrite)
     print(f"{len(cache)} cases in {cache.root}")
     return 0
 

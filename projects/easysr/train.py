@@ -1,13 +1,8 @@
-"""Train EasySR: `python projects/easysr/train.py experiment=gan` (see conf/easysr/)."""
+"""Train EasySR: `python -m projects.easysr.train experiment=gan` (see conf/easysr/)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from common.run import entry, train  # noqa: E402
+from common.run import entry, train
 
 if __name__ == "__main__":
     entry("easysr", train)()

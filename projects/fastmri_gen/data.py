@@ -23,7 +23,8 @@ from torch.utils.data._utils.collate import default_collate
 
 from common.io import FastMRIFile
 from common.loaders import loader_options
-from projects.fastmri_gen.prepare import load_or_build_index, write_synthetic_tree
+from common.prepare import cache_root, not_prepared
+from projects.fastmri_gen.prepare import SOURCE, load_or_build_index, write_synthetic_tree
 from projects.fastmri_gen.transforms import (
     ColumnMask,
     MaskFunc,
@@ -307,6 +308,22 @@ class FastMRIDataModule(pl.LightningDataModule):
         val = list(val_accelerations or accelerations)
         self.val_masks = make_mask_func(mask_type, val, None if val_accelerations else center_fractions)
         self.datasets: dict[str, FastMRISliceDataset] = {}
+
+    def check_data(self, stage: str | None = None) -> None:
+        """Raises `DataError` naming the prepare command when a split folder `stage` reads is missing.
+
+        "fit" reads the training and validation splits, "test" the test split; the synthetic demo data is
+        written by `prepare_data` and not checked.
+        """
+        hp = self.hparams
+        if hp.synthetic:
+            return
+        splits = {"fit": (hp.train_split, hp.val_split), "validate": (hp.val_split,), "test": (hp.test_split,)}
+        for split in splits.get(stage or "fit", (hp.train_split, hp.val_split, hp.test_split)):
+            folder = Path(hp.data_dir) / split
+            if not folder.is_dir():
+                raise not_prepared(folder, "fastMRI split folder not found (data.data_dir)", "fastmri_gen",
+                                   str(hp.data_dir), SOURCE, cache=hp.cache_dir or cache_root("fastmri_gen"))
 
     def prepare_data(self) -> None:
         synthetic = self.hparams.synthetic

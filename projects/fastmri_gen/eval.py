@@ -15,29 +15,25 @@ cases, means, seconds per volume and reconstruction folder. The forward passes r
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from omegaconf import DictConfig, OmegaConf
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from lightning.fabric.utilities.apply_func import move_data_to_device  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from common.checkpoint import instantiate_model, module_from_checkpoint  # noqa: E402
-from common.cli import progress  # noqa: E402
-from common.errors import DataError  # noqa: E402
-from common.eval_report import write_eval_report  # noqa: E402
-from common.io import read_reconstruction, write_reconstructions  # noqa: E402
-from common.run import entry, output_dir  # noqa: E402
-from common.runtime import autocast, choose_precision  # noqa: E402
-from projects.fastmri_gen.metrics import score_case  # noqa: E402
+from common.checkpoint import instantiate_model, module_from_checkpoint
+from common.cli import progress
+from common.errors import DataError
+from common.eval_report import write_eval_report
+from common.io import read_reconstruction, write_reconstructions
+from common.run import entry, output_dir
+from common.runtime import autocast, choose_precision
+from projects.fastmri_gen.metrics import score_case
 
 
 def load_checkpoint_module(path: str | Path) -> tuple[Any, dict]:

@@ -4,7 +4,10 @@ The k-space stays in the original HDF5 files (read lazily per slice, reopened pe
 what is cached is the checked list of volumes with the header fields and attributes the transforms
 need, so a corrupt or truncated file is reported once, by name, before training starts.
 
-    python -m projects.fastmri_gen.prepare --data-dir DATA --cache-dir CACHE [--splits singlecoil_val]
+    python -m projects.fastmri_gen.prepare --raw DIR --cache DIR [--overwrite] [--splits singlecoil_val]
+
+(defaults: `$MEDIMG_DATA/raw/fastmri`, the folder `conf/fastmri_gen/data/knee.yaml` reads, and
+`$MEDIMG_DATA/cache/fastmri_gen`). Training builds a missing index on first use, so this is a check ahead.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ from typing import Any
 from common.cli import exit_code_on_data_error
 from common.errors import DataError
 from common.io import FastMRIFile, save_json, validate_fastmri_file
+from common.prepare import add_renamed_flag, prepare_parser, raw_root
 
 SPLITS = ("singlecoil_train", "singlecoil_val", "singlecoil_test")
 INDEX_VERSION = 1
+#: The raw data: its folder under `$MEDIMG_DATA/raw`, and where it comes from.
+RAW_DATASET = "fastmri"
+SOURCE = "fastMRI single-coil knee, https://fastmri.med.nyu.edu, unpacked in --raw as singlecoil_train/ etc."
 
 
 def volume_record(path: Path, require_target: bool) -> dict[str, Any]:
@@ -64,18 +71,18 @@ def build_index(folder: str | os.PathLike, require_target: bool = True) -> list[
 
 
 def load_or_build_index(folder: str | os.PathLike, cache_dir: str | os.PathLike | None,
-                        require_target: bool = True) -> list[dict[str, Any]]:
+                        require_target: bool = True, overwrite: bool = False) -> list[dict[str, Any]]:
     """Return the index of `folder`, read from `<cache_dir>/<name>.json` when it is up to date.
 
     The cached index is reused when it names the same files with the same sizes and modification
-    times; otherwise it is rebuilt and rewritten atomically.
+    times (and `overwrite` is off); otherwise it is rebuilt and rewritten atomically.
     """
     folder = Path(folder)
     if cache_dir is None:
         return build_index(folder, require_target)
     stamp = {p.name: [p.stat().st_size, int(p.stat().st_mtime)] for p in sorted(folder.glob("*.h5"))}
     cache = Path(cache_dir) / f"{folder.name}.json"
-    if cache.is_file():
+    if cache.is_file() and not overwrite:
         cached = json.loads(cache.read_text())
         if cached.get("version") == INDEX_VERSION and cached.get("stamp") == stamp:
             return cached["volumes"]
@@ -117,27 +124,35 @@ def write_synthetic_tree(root: str | os.PathLike, train_volumes: int = 12, val_v
     return root
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the command line's parser: the flags every prepare command takes, then the project's own."""
+    parser = prepare_parser("fastmri_gen", __doc__.splitlines()[0],
+                            "fastMRI folder holding singlecoil_train/, singlecoil_val/, singlecoil_test/",
+                            raw_root(RAW_DATASET))
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS))
+    parser.add_argument("--synthetic", action="store_true", help="first write a small synthetic tree in --raw")
+    add_renamed_flag(parser, "--data-dir", "--raw")
+    add_renamed_flag(parser, "--cache-dir", "--cache")
+    return parser
+
+
 @exit_code_on_data_error
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: index the split folders that exist under `--data-dir`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True, type=Path)
-    parser.add_argument("--cache-dir", required=True, type=Path)
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS))
-    parser.add_argument("--synthetic", action="store_true", help="first write a small synthetic tree in --data-dir")
-    args = parser.parse_args(argv)
+    """Command-line entry: index the split folders that exist under `--raw`."""
+    args = build_parser().parse_args(argv)
+    raw = Path(args.raw)
     if args.synthetic:
-        write_synthetic_tree(args.data_dir)
-    if not args.data_dir.is_dir():
-        raise DataError(args.data_dir, "data folder not found")
-    if not any((args.data_dir / split).is_dir() for split in args.splits):
-        raise DataError(args.data_dir, f"none of the split folders {args.splits} is here")
+        write_synthetic_tree(raw)
+    if not raw.is_dir():
+        raise DataError(raw, "data folder not found")
+    if not any((raw / split).is_dir() for split in args.splits):
+        raise DataError(raw, f"none of the split folders {args.splits} is here")
     for split in args.splits:
-        folder = args.data_dir / split
+        folder = raw / split
         if not folder.is_dir():
             print(f"{folder}: absent, skipped")
             continue
-        volumes = load_or_build_index(folder, args.cache_dir, require_target=split != "singlecoil_test")
+        volumes = load_or_build_index(folder, args.cache, split != "singlecoil_test", args.overwrite)
         print(f"{split}: {len(volumes)} volumes, {sum(v['slices'] for v in volumes)} slices")
     return 0
 

@@ -3,16 +3,19 @@
 FASTMRI_EXPERIMENT ?= $(or $(EXPERIMENT),knee_x4)
 FASTMRI_MODEL_ARGS = $(if $(CKPT),ckpt_path=$(CKPT),model=zero_filled)
 
-.PHONY: eval-fastmri-x4 eval-fastmri-x8 demo-fastmri-gen bench-fastmri-gen prepare-fastmri
+FASTMRI_RAW ?= $(MEDIMG_DATA)/raw/fastmri
 
-prepare-fastmri: install
-	$(PY) -m projects.fastmri_gen.prepare --data-dir $${MEDIMG_DATA:-data}/fastmri --cache-dir $${MEDIMG_DATA:-data}/cache/fastmri_gen
+.PHONY: eval-fastmri-x4 eval-fastmri-x8 demo-fastmri-gen bench-fastmri-gen prepare-fastmri-gen prepare-fastmri
+
+# checks every file of $(FASTMRI_RAW)/singlecoil_{train,val,test} and writes the slice indices
+prepare-fastmri-gen prepare-fastmri: install
+	$(PY) -m projects.fastmri_gen.prepare --raw $(FASTMRI_RAW) --cache $(MEDIMG_DATA)/cache/fastmri_gen
 
 eval-fastmri-x4: install
-	$(PY) projects/fastmri_gen/eval.py experiment=$(FASTMRI_EXPERIMENT) $(FASTMRI_MODEL_ARGS) "eval.accelerations=[4]"
+	$(PY) -m projects.fastmri_gen.eval experiment=$(FASTMRI_EXPERIMENT) $(FASTMRI_MODEL_ARGS) "eval.accelerations=[4]"
 
 eval-fastmri-x8: install
-	$(PY) projects/fastmri_gen/eval.py experiment=$(FASTMRI_EXPERIMENT) $(FASTMRI_MODEL_ARGS) "eval.accelerations=[8]"
+	$(PY) -m projects.fastmri_gen.eval experiment=$(FASTMRI_EXPERIMENT) $(FASTMRI_MODEL_ARGS) "eval.accelerations=[8]"
 
 demo-fastmri-gen: install
 	$(PY) -m projects.fastmri_gen.demo --out outputs/demo/fastmri_gen

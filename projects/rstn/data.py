@@ -20,6 +20,8 @@ from common.errors import DataError
 from common.io.atomic import load_json
 from common.io.cache import VolumeCache
 from common.loaders import loader_options
+from common.prepare import not_prepared
+from projects.rstn.prepare import RAW_HINTS, SOURCES
 
 PLANE_AXIS = {"X": 0, "Y": 1, "Z": 2}
 
@@ -164,14 +166,36 @@ class RSTNDataModule(pl.LightningDataModule):
         batch_size: training batch (1 in the paper; >1 needs equal slice shapes).
         num_workers: DataLoader workers.
         synthetic: optional `{n_cases, shape, seed}`: build a synthetic cache in `cache_dir` first.
+        layout: the raw data set the cache comes from ("nih" or "msd"), named when it is missing.
     """
 
     def __init__(self, cache_dir: str, split_file: str, fold: int = 0, plane: str = "Z", thickness: int = 3,
                  slice_threshold: float = 0.98, empty_fraction: float = 0.0, val_cases: int = 2, batch_size: int = 1, num_workers: int | str = 0,
-                 synthetic: dict[str, Any] | None = None) -> None:
+                 synthetic: dict[str, Any] | None = None, layout: str = "nih") -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.cases: dict[str, list[str]] = {}
+
+    def _not_prepared(self, problem: str) -> DataError:
+        layout = self.hparams.layout
+        return not_prepared(self.hparams.cache_dir, problem, "rstn", RAW_HINTS.get(layout, "DIR"),
+                            SOURCES.get(layout, layout), extra=f" --layout {layout}")
+
+    def check_data(self, stage: str | None = None) -> None:
+        """Raises `DataError` naming the prepare command when cases of the fold (or the split) are missing.
+
+        A synthetic cache is not checked: `prepare_data` builds it.
+        """
+        h = self.hparams
+        if h.synthetic:
+            return
+        cache = VolumeCache(h.cache_dir)
+        if len(cache) == 0 or not Path(h.split_file).is_file():
+            raise self._not_prepared("the cache is empty" if len(cache) == 0 else f"no split file {h.split_file}")
+        train, test = load_split(h.split_file, h.fold)
+        missing = [c for c in train + test if not cache.has(c)]
+        if missing:
+            raise self._not_prepared(f"{len(missing)} cases of the split are not in the cache, e.g. {missing[:3]}")
 
     def prepare_data(self) -> None:
         syn = self.hparams.synthetic

@@ -12,7 +12,6 @@ figures) and `details` (per case: coarse-to-fine rounds, inter-round DSC, second
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,20 +21,18 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from common.checkpoint import module_from_checkpoint, read_checkpoint  # noqa: E402
-from common.cli import progress  # noqa: E402
-from common.errors import DataError  # noqa: E402
-from common.eval_report import write_eval_report  # noqa: E402
-from common.io.atomic import save_json  # noqa: E402
-from common.io.cache import VolumeCache  # noqa: E402
-from common.io.nifti import save_nifti  # noqa: E402
-from common.run import entry  # noqa: E402
-from common.runtime import choose_precision  # noqa: E402
-from common.settings import CheckpointSettings, given_settings  # noqa: E402
-from projects.rstn.data import load_split  # noqa: E402
-from projects.rstn.inference import (  # noqa: E402
+from common.checkpoint import module_from_checkpoint, read_checkpoint
+from common.cli import progress
+from common.errors import DataError
+from common.eval_report import write_eval_report
+from common.io.atomic import save_json
+from common.io.cache import VolumeCache
+from common.io.nifti import save_nifti
+from common.run import entry
+from common.runtime import choose_precision
+from common.settings import CheckpointSettings, given_settings
+from projects.rstn.data import load_split
+from projects.rstn.inference import (
     average_triplets,
     coarse_to_fine,
     dsc,
@@ -43,9 +40,9 @@ from projects.rstn.inference import (  # noqa: E402
     oracle_plane,
     predict_plane,
 )
-from projects.rstn.metrics import score_case  # noqa: E402
-from projects.rstn.model import RSTN  # noqa: E402
-from projects.rstn.prepare import to_source_layout  # noqa: E402
+from projects.rstn.metrics import score_case
+from projects.rstn.model import RSTN
+from projects.rstn.prepare import to_source_layout
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,10 @@ Cache layout (one case per entry of `common.io.cache.VolumeCache`):
   array axes 0, 1, 2 of this layout (coronal, sagittal, axial for an axial acquisition).
 `to_source_layout` undoes the swap, so masks are written on the CT grid with the CT's own affine.
 
-Usage:
-    python -m projects.rstn.prepare --layout nih --src DATA/Pancreas-CT --cache DATA/cache/rstn
-    python -m projects.rstn.prepare --layout msd --src DATA/Task07_Pancreas --cache DATA/cache/rstn_msd
+Usage (defaults: `--raw $MEDIMG_DATA/raw/Pancreas-CT` or `raw/MSD/Task07_Pancreas`, `--cache
+$MEDIMG_DATA/cache/rstn/<layout>`, the folder `conf/rstn/data/<layout>.yaml` reads):
+    python -m projects.rstn.prepare --raw DATA/raw/Pancreas-CT --cache DATA/cache/rstn/nih [--layout nih]
+    python -m projects.rstn.prepare --raw DATA/raw/MSD/Task07_Pancreas --cache DATA/cache/rstn/msd --layout msd
 """
 
 from __future__ import annotations
@@ -30,12 +31,19 @@ from common.io.atomic import save_json
 from common.io.cache import VolumeCache
 from common.io.dicom import load_dicom_series
 from common.io.nifti import Volume, load_nifti, reorient_like
+from common.prepare import add_renamed_flag, cache_root, prepare_parser, raw_root
 
 log = logging.getLogger(__name__)
 
 WINDOW = (-100.0, 240.0)
 SPLIT_DIR = Path(__file__).resolve().parent / "splits"
 NIH_SPLIT = SPLIT_DIR / "nih_pancreas_folds.json"
+#: The raw data of each layout (its folder under `$MEDIMG_DATA/raw`), what `--raw` points at, where it comes from.
+RAW_DATASETS = {"nih": "Pancreas-CT", "msd": "MSD/Task07_Pancreas"}
+RAW_HINTS = {"nih": "<NIH Pancreas-CT folder: PANCREAS_00XX/ and label00XX.nii.gz>",
+             "msd": "<MSD Task07_Pancreas folder>"}
+SOURCES = {"nih": "NIH Pancreas-CT, https://www.cancerimagingarchive.net/collection/pancreas-ct/",
+           "msd": "Medical Segmentation Decathlon, http://medicaldecathlon.com"}
 SWAP_ROW_COL = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float64)
 
 
@@ -140,11 +148,19 @@ def find_msd_cases(src: Path) -> list[tuple[str, Path, Path]]:
     return cases
 
 
-def prepare_nih(src: str | Path, cache_root: str | Path, label_layout: str = "affine") -> list[str]:
-    """Caches every NIH Pancreas-CT case (DICOM series with rescale slope/intercept applied, label == 1)."""
+def prepare_nih(src: str | Path, cache_root: str | Path, label_layout: str = "affine",
+                overwrite: bool = False) -> list[str]:
+    """Caches every NIH Pancreas-CT case (DICOM series with rescale slope/intercept applied, label == 1).
+
+    Returns:
+        The case ids in the cache, those already there (kept unless `overwrite`) included.
+    """
     cache = VolumeCache(cache_root)
     done = []
     for case_id, folder, label_path in find_nih_cases(Path(src)):
+        if case_id in cache and not overwrite:
+            done.append(case_id)
+            continue
         image = load_dicom_series(folder)
         store_case(cache, case_id, image, _label_on_grid(label_path, image, label_layout), str(folder))
         done.append(case_id)
@@ -152,11 +168,18 @@ def prepare_nih(src: str | Path, cache_root: str | Path, label_layout: str = "af
     return done
 
 
-def prepare_msd(src: str | Path, cache_root: str | Path, n_folds: int = 4) -> list[str]:
-    """Caches every MSD Task07 case (pancreas and tumour both count as pancreas) and writes `splits.json`."""
+def prepare_msd(src: str | Path, cache_root: str | Path, n_folds: int = 4, overwrite: bool = False) -> list[str]:
+    """Caches every MSD Task07 case (pancreas and tumour both count as pancreas) and writes `splits.json`.
+
+    Returns:
+        The case ids in the cache, those already there (kept unless `overwrite`) included.
+    """
     cache = VolumeCache(cache_root)
     done = []
     for case_id, image_path, label_path in find_msd_cases(Path(src)):
+        if case_id in cache and not overwrite:
+            done.append(case_id)
+            continue
         image = load_nifti(image_path, dtype=np.float32)
         store_case(cache, case_id, image, _label_on_grid(label_path, image, "affine"), str(image_path),
                    foreground=(1, 2))
@@ -188,22 +211,34 @@ def prepare_synthetic(cache_root: str | Path, n_cases: int, shape: Sequence[int]
     return ids
 
 
+def default_paths(layout: str) -> tuple[Path, Path]:
+    """Returns `(--raw, --cache)` of a layout when not given: `raw/<data set>` and `cache/rstn/<layout>`."""
+    return raw_root(RAW_DATASETS[layout]), cache_root("rstn") / layout
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the command line's parser: the flags every prepare command takes, then the project's own."""
+    parser = prepare_parser("rstn", __doc__.split("\n", 1)[0],
+                            "NIH folder (PANCREAS_00XX + labels) or MSD Task07_Pancreas folder", None, "")
+    parser.add_argument("--layout", choices=list(RAW_DATASETS), default="nih", help="the raw data set (default: nih)")
+    parser.add_argument("--label-layout", choices=["affine", "array"], default="affine",
+                        help="NIH: align labels by their affine, or take the array as stored")
+    add_renamed_flag(parser, "--src", "--raw")
+    return parser
+
+
 @exit_code_on_data_error
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (2 on bad input)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--layout", choices=["nih", "msd"], required=True)
-    parser.add_argument("--src", required=True, help="NIH folder (PANCREAS_00XX + labels) or MSD task folder")
-    parser.add_argument("--cache", required=True, help="cache folder to write")
-    parser.add_argument("--label-layout", choices=["affine", "array"], default="affine",
-                        help="NIH: align labels by their affine, or take the array as stored")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    raw, cache = default_paths(args.layout)
+    raw, cache = args.raw or raw, args.cache or cache
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.layout == "nih":
-        ids = prepare_nih(args.src, args.cache, args.label_layout)
+        ids = prepare_nih(raw, cache, args.label_layout, overwrite=args.overwrite)
     else:
-        ids = prepare_msd(args.src, args.cache)
-    print(f"cached {len(ids)} cases in {args.cache}")
+        ids = prepare_msd(raw, cache, overwrite=args.overwrite)
+    print(f"cached {len(ids)} cases in {cache}")
     return 0
 
 

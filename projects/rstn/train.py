@@ -1,18 +1,15 @@
-"""Trains RSTN: `python projects/rstn/train.py experiment=nih_pancreas fold=0 plane=Z` (plane=A: X, Y, Z in turn).
+"""Trains RSTN: `python -m projects.rstn.train experiment=nih_pancreas fold=0 plane=Z` (plane=A: X, Y, Z in turn).
 
 Each plane's run lives in `outputs/rstn/<experiment>_fd<fold>/<plane>/` (checkpoints, TensorBoard, metrics.json).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from common.run import entry, launches_processes, run_in_child, train  # noqa: E402
+from common.run import entry, launches_processes, run_in_child, train
 
 PLANES = ("X", "Y", "Z")
 

@@ -23,7 +23,9 @@ from common.errors import DataError
 from common.io.atomic import load_json
 from common.io.cache import VolumeCache
 from common.loaders import loader_options
+from common.prepare import not_prepared
 from projects.saint.model import distance_map
+from projects.saint.prepare import RAW_HINT, SOURCE
 
 IMAGE_KEY = "image"
 PAPER_SPLIT = Path(__file__).resolve().parent / "splits" / "paper_test.json"
@@ -247,11 +249,18 @@ class SaintDataModule(pl.LightningDataModule):
         self.cache = VolumeCache(cache_dir)
         self.split: Split | None = None
 
+    def _check_cache(self) -> None:
+        if len(self.cache) == 0:
+            raise not_prepared(self.cache.root, "the cache is empty", "saint", RAW_HINT, SOURCE)
+
+    def check_data(self, stage: str | None = None) -> None:
+        """Raises `DataError` naming the prepare command when the cache holds no volume."""
+        self._check_cache()
+
     def setup(self, stage: str | None = None) -> None:
         if self.split is not None:
             return
-        if len(self.cache) == 0:
-            raise DataError(self.cache.root, "the cache is empty: run `python -m projects.saint.prepare` first")
+        self._check_cache()
         hp = self.hparams
         self.split = split_cases(self.cache.case_ids(), hp.split_file or PAPER_SPLIT, hp.val_count, hp.split_seed)
 

@@ -16,33 +16,30 @@ the scored slices: the voxels `predict.py` gives for that case's thick-slice cop
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from common.cli import progress  # noqa: E402
-from common.errors import DataError  # noqa: E402
-from common.eval_report import write_eval_report  # noqa: E402
-from common.io.cache import VolumeCache  # noqa: E402
-from common.io.nifti import save_nifti  # noqa: E402
-from common.run import entry, output_dir  # noqa: E402
-from common.runtime import autocast, choose_precision, set_threads  # noqa: E402
-from common.settings import CheckpointSettings  # noqa: E402
-from projects.saint.checkpoint import load_saint, read_run_config  # noqa: E402
-from projects.saint.data import IMAGE_KEY, PAPER_SPLIT, VolumeDataset, split_cases  # noqa: E402
-from projects.saint.evaluation import interpolate_z, score_case, weighted_mean  # noqa: E402
-from projects.saint.model import SAINT  # noqa: E402
-from projects.saint.prepare import HU_OFFSET  # noqa: E402
+from common.cli import progress
+from common.errors import DataError
+from common.eval_report import write_eval_report
+from common.io.cache import VolumeCache
+from common.io.nifti import save_nifti
+from common.run import entry, output_dir
+from common.runtime import autocast, choose_precision, set_threads
+from common.settings import CheckpointSettings
+from projects.saint.checkpoint import load_saint, read_run_config
+from projects.saint.data import IMAGE_KEY, PAPER_SPLIT, VolumeDataset, split_cases
+from projects.saint.evaluation import interpolate_z, score_case, weighted_mean
+from projects.saint.model import SAINT
+from projects.saint.prepare import HU_OFFSET
 
 log = logging.getLogger(__name__)
 

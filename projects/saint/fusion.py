@@ -149,6 +149,14 @@ class FusionDataModule(SaintDataModule):
             return build_fusion_inputs(net, self.cache, self.split.train + self.split.val, factors,
                                        hp.stage1_dir, _source(hp.msr_ckpt), hp.plane_batch)
 
+    def check_data(self, stage: str | None = None) -> None:
+        """Raises `DataError` when the cache is empty or, to train, the stage-1 checkpoint is missing."""
+        super().check_data(stage)
+        if stage in (None, "fit") and not Path(self.hparams.msr_ckpt).is_file():
+            raise DataError(self.hparams.msr_ckpt, "stage-1 (MSR) checkpoint not found (model.msr_ckpt); train "
+                            "stage 1 first (python -m projects.saint.train experiment=msd_msr, or experiment=demo "
+                            "before demo_rfn) or set model.msr_ckpt=PATH")
+
     def prepare_data(self) -> None:
         self._build()
 

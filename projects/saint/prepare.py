@@ -5,7 +5,8 @@ puts the axial (slice) axis last, rejects volumes with metal artefacts (intensit
 Hounsfield units to the fixed offset `HU + 1024` clipped to [0, 4000] (uint16), and writes one cache entry per
 case: key `image` `[X, Y, Z]`, the affine of that array, and `meta` = spacing (mm), task, source file.
 
-Usage: `python -m projects.saint.prepare --msd ROOT_OR_TASK [...] --out data/cache/saint`
+Usage: `python -m projects.saint.prepare --raw ROOT_OR_TASK [...] --cache DIR [--overwrite] [--tasks ...]`
+(defaults: `$MEDIMG_DATA/raw/MSD` and `$MEDIMG_DATA/cache/saint`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from common.errors import DataError
 from common.io.atomic import load_json, save_json
 from common.io.cache import VolumeCache
 from common.io.nifti import load_nifti, voxel_spacing
+from common.prepare import add_renamed_flag, prepare_parser, raw_root
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,10 @@ PAPER_TASKS = ("Task03_Liver", "Task10_Colon", "Task08_HepaticVessel")
 HU_OFFSET = 1024.0
 MAX_INTENSITY = 4000.0
 METAL_RANGE = 9000.0
+#: The raw data: its folder under `$MEDIMG_DATA/raw`, what `--raw` points at, where it comes from.
+RAW_DATASET = "MSD"
+RAW_HINT = "<folder of the MSD Task03_Liver, Task10_Colon, Task08_HepaticVessel folders>"
+SOURCE = "Medical Segmentation Decathlon, http://medicaldecathlon.com"
 
 
 def offset_intensities(hu: np.ndarray) -> np.ndarray:
@@ -157,19 +163,25 @@ def prepare(roots: Iterable[str | Path], out: str | Path, metal_range: float = M
     return report
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the command line's parser: the flags every prepare command takes, then the project's own."""
+    parser = prepare_parser("saint", __doc__.split("\n")[0], "MSD root(s) holding Task*/ folders, or task folder(s)",
+                            raw_root(RAW_DATASET), raw_nargs="+")
+    parser.add_argument("--tasks", nargs="+", default=list(PAPER_TASKS), help="task folders to take from a root")
+    parser.add_argument("--metal-range", type=float, default=METAL_RANGE)
+    add_renamed_flag(parser, "--msd", "--raw", nargs="+")
+    add_renamed_flag(parser, "--out", "--cache")
+    return parser
+
+
 @exit_code_on_data_error
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--msd", nargs="+", required=True, help="MSD root(s) or task folder(s)")
-    parser.add_argument("--out", required=True, help="cache folder")
-    parser.add_argument("--metal-range", type=float, default=METAL_RANGE)
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--tasks", nargs="+", default=list(PAPER_TASKS), help="task folders to take from a root")
-    args = parser.parse_args(argv)
+    """Command-line entry point; returns the exit code (2 on bad input)."""
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    report = prepare(args.msd, args.out, args.metal_range, args.overwrite, args.tasks)
+    report = prepare(args.raw, args.cache, args.metal_range, args.overwrite, args.tasks)
     rejected = {k: v for k, v in report.items() if not v.startswith("ok")}
-    print(f"{len(report) - len(rejected)} case(s) cached in {args.out}, {len(rejected)} rejected")
+    print(f"{len(report) - len(rejected)} case(s) cached in {args.cache}, {len(rejected)} rejected")
     return 0
 
 

@@ -1,13 +1,8 @@
-"""Trains SAINT: `python projects/saint/train.py experiment=msd_msr` (stage 1), then `experiment=msd_rfn`."""
+"""Trains SAINT: `python -m projects.saint.train experiment=msd_msr` (stage 1), then `experiment=msd_rfn`."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from common.run import entry, train  # noqa: E402
+from common.run import entry, train
 
 if __name__ == "__main__":
     entry("saint", train)()

@@ -16,9 +16,10 @@ import torch
 from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
-from common.errors import DataError
 from common.io.cache import VolumeCache
 from common.loaders import loader_options
+from common.prepare import not_prepared
+from projects.spin.prepare import RAW_HINT, SOURCE
 from projects.spin.splits import resolve_split
 
 #: Fixed ATLAS R1.2 intensity statistics used for normalisation (x - mean) / std.
@@ -88,8 +89,8 @@ class _CachedScans:
         self._arrays: dict[tuple[str, str], np.ndarray] = {}
         missing = [c for c in self.case_ids if c not in self.cache]
         if missing:
-            raise DataError(self.cache_dir, f"{len(missing)} scans of the split are not in the cache, e.g. "
-                                            f"{missing[:3]} (run projects/spin/prepare.py)")
+            raise not_prepared(self.cache_dir, f"{len(missing)} scans of the split are not in the cache, e.g. "
+                                               f"{missing[:3]}", "spin", RAW_HINT, SOURCE)
 
     @property
     def cache(self) -> VolumeCache:
@@ -229,6 +230,18 @@ class ATLASDataModule(pl.LightningDataModule):
             hp = self.hparams
             self._sets = resolve_split(hp.split, hp.fold, hp.val_fraction, hp.val_seed)
         return self._sets
+
+    def check_data(self, stage: str | None = None) -> None:
+        """Raises `DataError` naming the prepare command when scans of the split are not in the cache.
+
+        Every scan of the split is checked whatever the stage: `prepare --split` caches them together.
+        """
+        hp = self.hparams
+        cache = VolumeCache(hp.cache_dir)
+        missing = [c for ids in self.sets.values() for c in ids if c not in cache]
+        if missing:
+            raise not_prepared(hp.cache_dir, f"{len(missing)} scans of {hp.split} are not in the cache, e.g. "
+                                             f"{missing[:3]}", "spin", RAW_HINT, SOURCE, extra=f" --split {hp.split}")
 
     def _eval_set(self, name: str, stride: int = 1, lesion_first: int = 0) -> ATLASScanSlices:
         hp = self.hparams

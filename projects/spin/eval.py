@@ -14,28 +14,24 @@ its slice context and the eval settings are the checkpoint's (as in ``predict.py
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
-import numpy as np  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from common.checkpoint import module_from_checkpoint  # noqa: E402
-from common.cli import progress  # noqa: E402
-from common.eval_report import write_eval_report  # noqa: E402
-from common.io.cache import VolumeCache  # noqa: E402
-from common.io.nifti import save_nifti  # noqa: E402
-from common.run import entry, output_dir, resolve_ckpt_path  # noqa: E402
-from common.runtime import choose_precision  # noqa: E402
-from common.settings import given_settings  # noqa: E402
-from projects.spin.metrics import METRICS, score_case, score_counts, small_lesion_counts  # noqa: E402
-from projects.spin.predict import inference_of, logits_function, predict_volume  # noqa: E402
-from projects.spin.prepare import volume_xyz  # noqa: E402
+from common.checkpoint import module_from_checkpoint
+from common.cli import progress
+from common.eval_report import write_eval_report
+from common.io.cache import VolumeCache
+from common.io.nifti import save_nifti
+from common.run import entry, output_dir, resolve_ckpt_path
+from common.runtime import choose_precision
+from common.settings import given_settings
+from projects.spin.metrics import METRICS, score_case, score_counts, small_lesion_counts
+from projects.spin.predict import inference_of, logits_function, predict_volume
+from projects.spin.prepare import volume_xyz
 
 #: Paper Tables 2 (27 test scans, mean over scans) and 3 (pooled small-lesion slices): DSC, IoU, P, R.
 PAPER = {

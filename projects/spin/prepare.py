@@ -5,7 +5,8 @@ Raw layout (after unzipping ``standard_part1.zip`` and ``standard_part2.zip``)::
     <root>/c00SS/c00SSsNNNNtTT/c00SSsNNNNtTT_t1w_stx.nii.gz
     <root>/c00SS/c00SSsNNNNtTT/c00SSsNNNNtTT_LesionSmooth[_k]_stx.nii.gz   (one or more, OR-combined)
 
-Usage: ``python -m projects.spin.prepare --root RAW --cache CACHE [--split atlas_traintest]``. Each scan is
+Usage: ``python -m projects.spin.prepare --raw RAW --cache CACHE [--split atlas_traintest] [--overwrite]``
+(defaults: ``$MEDIMG_DATA/raw/ATLAS_R1.2/standard_MNI`` and ``$MEDIMG_DATA/cache/spin``). Each scan is
 reoriented to RAS+ (a permutation/flip, no resampling), checked (a T1 and at least one mask, equal shapes and
 affines, no NaN/Inf), and stored as ``t1`` float32 and ``lesion`` uint8, both ``[Z, X, Y]`` (axial first),
 with the RAS affine and per-slice lesion pixel counts in the metadata.
@@ -25,9 +26,14 @@ from common.cli import exit_code_on_data_error
 from common.errors import DataError
 from common.io.cache import VolumeCache
 from common.io.nifti import load_nifti
+from common.prepare import add_renamed_flag, prepare_parser, raw_root
 from projects.spin.splits import load_split
 
 SCAN_DIR = re.compile(r"^c\d{4}s\d{4}t\d{2}$")
+#: The raw data: its folder under `$MEDIMG_DATA/raw`, what `--raw` points at, where it comes from.
+RAW_DATASET = "ATLAS_R1.2/standard_MNI"
+RAW_HINT = "<ATLAS R1.2 standard_MNI folder>"
+SOURCE = "ATLAS R1.2, https://fcon_1000.projects.nitrc.org/indi/retro/atlas.html"
 
 
 def find_scans(root: str | os.PathLike) -> dict[str, tuple[Path, list[Path]]]:
@@ -111,19 +117,27 @@ def prepare(root: str | os.PathLike, cache_dir: str | os.PathLike, only: list[st
     return written
 
 
+def split_scans(split: str) -> list[str]:
+    """Returns every scan id of a split file (train and test, or all folds)."""
+    data = load_split(split)
+    return data["train"] + data["test"] if "train" in data else [s for f in data["folds"] for s in f]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the command line's parser: the flags every prepare command takes, then the project's own."""
+    parser = prepare_parser("spin", "ATLAS R1.2 standard_MNI -> SPiN volume cache",
+                            "folder holding the c00SS/c00SSsNNNNtTT/ scan folders", raw_root(RAW_DATASET))
+    parser.add_argument("--split", default=None, help="only the scans of this split (e.g. atlas_traintest)")
+    add_renamed_flag(parser, "--root", "--raw")
+    return parser
+
+
 @exit_code_on_data_error
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="ATLAS R1.2 standard_MNI -> SPiN volume cache")
-    parser.add_argument("--root", required=True, help="folder holding c00SS/c00SSsNNNNtTT/ scan folders")
-    parser.add_argument("--cache", required=True, help="output cache folder (paths.cache_dir of the configs)")
-    parser.add_argument("--split", default=None, help="only the scans of this split (e.g. atlas_traintest)")
-    parser.add_argument("--overwrite", action="store_true", help="rewrite scans already cached")
-    args = parser.parse_args(argv)
-    only = None
-    if args.split:
-        data = load_split(args.split)
-        only = data["train"] + data["test"] if "train" in data else [s for f in data["folds"] for s in f]
-    written = prepare(args.root, args.cache, only, args.overwrite)
+    """Command-line entry point; returns the exit code (2 on bad input)."""
+    args = build_parser().parse_args(argv)
+    only = split_scans(args.split) if args.split else None
+    written = prepare(args.raw, args.cache, only, args.overwrite)
     print(f"cached {len(written)} scans in {args.cache}")
     return 0
 

@@ -99,3 +99,6 @@ class SyntheticATLASDataModule(ATLASDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
+
+    def check_data(self, stage: str | None = None) -> None:
+        """Nothing to check: `prepare_data` writes the synthetic scans when they are missing."""

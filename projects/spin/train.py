@@ -1,13 +1,8 @@
-"""Train SPiN (or the U-Net baseline): `python projects/spin/train.py experiment=atlas_traintest`."""
+"""Train SPiN (or the U-Net baseline): `python -m projects.spin.train experiment=atlas_traintest`."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from common.run import entry, train  # noqa: E402
+from common.run import entry, train
 
 if __name__ == "__main__":
     entry("spin", train)()

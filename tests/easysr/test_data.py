@@ -106,6 +106,29 @@ def test_datamodule_batches(flat_raw, tmp_path):
     assert dm.splits["test"] == dm.splits["validation"]
 
 
+def test_prepared_cache_trains_without_the_raw_folder(split_raw, tmp_path):
+    from projects.easysr.prepare import main
+
+    assert main(["--raw", str(split_raw), "--cache", str(tmp_path / "cache")]) == 0
+    dm = EasySRDataModule(str(tmp_path / "absent"), str(tmp_path / "cache"), batch_size=1)
+    dm.check_data("fit")
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.splits["training"] == ["rat00", "rat01", "rat02"] and dm.splits["validation"] == ["val00"]
+    lr, hr, _ = next(iter(dm.train_dataloader()))
+    assert lr.shape == (1, 1, 16, 6, 16) and hr.shape == (1, 1, 16, 18, 16)
+    other_scale = EasySRDataModule(str(tmp_path / "absent"), str(tmp_path / "cache"), scale=2)
+    with pytest.raises(DataError, match="scale 3; this run needs axis 1, scale 2"):
+        other_scale.setup("fit")
+
+
+def test_neither_raw_folder_nor_cache_names_the_prepare_command(tmp_path):
+    dm = EasySRDataModule(str(tmp_path / "raw"), str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=r"run python -m projects.easysr.prepare --raw .* --cache .*cache"):
+        dm.check_data("fit")
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.mark.parametrize("problem,match", [("anisotropic", "isotropic"), ("duplicate", "case id"),
                                            ("empty", "no training")])
 def test_bad_raw_data_is_named(tmp_path, problem, match):

@@ -163,9 +163,9 @@ def test_truncated_or_kspace_less_files_raise_data_error(tmp_path):
 def test_prepare_a_missing_data_folder_is_an_error(tmp_path, capsys):
     from projects.fastmri_gen.prepare import main
 
-    assert main(["--data-dir", str(tmp_path / "nonexistent"), "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert main(["--raw", str(tmp_path / "nonexistent"), "--cache", str(tmp_path / "cache")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'nonexistent'}: data folder not found\n"
     (tmp_path / "empty").mkdir()
-    assert main(["--data-dir", str(tmp_path / "empty"), "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert main(["--raw", str(tmp_path / "empty"), "--cache", str(tmp_path / "cache")]) == 2
     assert "none of the split folders" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()

@@ -69,7 +69,7 @@ def test_nih_case_without_label_names_the_folder(tmp_path, small_case) -> None:
     written["0007"][1].unlink()
     with pytest.raises(DataError, match="PANCREAS_0007.*label0007"):
         prepare_nih(tmp_path, tmp_path / "cache")
-    assert main(["--layout", "nih", "--src", str(tmp_path), "--cache", str(tmp_path / "c")]) == 2
+    assert main(["--layout", "nih", "--raw", str(tmp_path), "--cache", str(tmp_path / "c")]) == 2
 
 
 def test_msd_import_counts_tumour_as_pancreas_and_writes_folds(tmp_path, small_case) -> None:

@@ -214,7 +214,7 @@ def test_prepare_into_an_unwritable_folder_is_one_line(atlas_fixture, tmp_path, 
 
     # Tests run as root, which chmod does not stop: a regular file where the folder should be blocks it instead.
     (tmp_path / "taken").write_text("")
-    assert main(["--root", str(atlas_fixture["raw"]), "--cache", str(tmp_path / "taken" / "cache")]) == 2
+    assert main(["--raw", str(atlas_fixture["raw"]), "--cache", str(tmp_path / "taken" / "cache")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path / 'taken' / 'cache'}") and err.count("\n") == 1
     assert [p.name for p in tmp_path.iterdir()] == ["taken"]

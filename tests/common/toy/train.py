@@ -1,16 +1,17 @@
-"""Entry point of the toy project (tests only): the same shape as projects/<p>/train.py."""
+"""Entry point of the toy project (tests only): the same shape as projects/<p>/train.py.
+
+Run as a script, its own folder is first on `sys.path`, so the toy module of the config's `_target_` imports.
+"""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from common.run import cli, train
 
-from common.run import cli, train  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 @hydra.main(config_path=str(HERE / "toyconf"), config_name="train", version_base="1.3")
