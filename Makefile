@@ -18,7 +18,7 @@ export PYTHONWARNINGS := ignore::DeprecationWarning
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 1099511627776
 
-.PHONY: install test test-fast demo lint bench tensorboard clean model-card
+.PHONY: install test test-slow test-all demo lint bench tensorboard clean model-card
 
 install: $(STAMP)
 
@@ -28,8 +28,15 @@ $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS)
 	$(PY) -m pip install --quiet -c $(TORCH_CONSTRAINTS) -e '.[dev,real-data,cluster]'
 	@touch $(STAMP)
 
+# `make test`: everything but the cells marked slow (DDP and cluster runs, subprocess contract checks);
+# `make test-slow` runs those; CI (.ci/run) runs both.
 test: install
-	$(PY) -m pytest -q --timeout=900 tests
+	$(PY) -m pytest -q --timeout=900 -m "not slow" tests
+
+test-slow: install
+	$(PY) -m pytest -q --timeout=900 -m slow tests
+
+test-all: test test-slow
 
 lint: install
 	$(VENV)/bin/ruff check common projects tests benchmarks
