@@ -86,9 +86,9 @@ def stride_ceiling(label: np.ndarray, stride: int = 8) -> float:
 
 def organ_free_share(mask_file: Path, cache: VolumeCache, case: str) -> float:
     """Returns the share of a written mask's voxels that lie on axial slices of `case` holding no organ."""
-    from projects.rstn.prepare import to_source_layout
+    from projects.rstn.data import file_volume
 
-    label, _ = to_source_layout(np.asarray(cache.load(case, "label")) > 0, cache.affine(case))
+    label = file_volume(cache, case, "label")[0] > 0
     mask = np.asarray(nib.load(mask_file).dataobj) > 0
     organ_slices = label.any(axis=(0, 1))
     return float(mask[:, :, ~organ_slices].sum() / max(int(mask.sum()), 1))
@@ -100,7 +100,7 @@ def quality_rows(out: Path, steps: int | None, planes: str, overrides: list[str]
     With `reuse`, `out` is a finished demo run (`result.json`, `eval/summary.json`, checkpoints): nothing is
     trained again, and `steps` / `planes` are read from it.
     """
-    from projects.rstn.data import load_split
+    from projects.rstn.data import fold_cases
     from projects.rstn.demo import run
     from projects.rstn.eval import load_plane_model
 
@@ -124,7 +124,7 @@ def quality_rows(out: Path, steps: int | None, planes: str, overrides: list[str]
     rows.append({"row": f"training seconds ({label}, {result['threads']} thread(s))",
                  "seconds": result["train_seconds"]})
     cache = VolumeCache(out / "cache")
-    test = load_split(out / "cache" / "splits.json", 0)[1]
+    test = fold_cases(out / "cache" / "splits.json", 0)[1]
     ceiling = [stride_ceiling(np.asarray(cache.load(c, "label")) > 0) for c in test]
     rows.append({"row": "DSC ceiling of a stride-8 output (label pooled 8x, upsampled; same cases)",
                  "mean": float(np.mean(ceiling)), "min": float(np.min(ceiling)), "max": float(np.max(ceiling))})

@@ -26,11 +26,11 @@ from benchmarks.harness import measure, previous_rows, print_table, write_result
 from common.io.cache import VolumeCache
 from common.run import load_module, train
 from common.runtime import set_threads
+from projects.spin.data import volume_xyz
 from projects.spin.demo import compose_demo, threshold_mask, tune_threshold
 from projects.spin.eval import score_masks
 from projects.spin.model import SPiN, UNet, count_parameters
 from projects.spin.predict import logits_function, predict_volume
-from projects.spin.prepare import volume_xyz
 from projects.spin.splits import load_split
 
 REFERENCE = {"train_step_s": 5.2, "scan_s": 20.6, "target_step_s": 2.6, "target_scan_s": 7.0}

@@ -1,7 +1,7 @@
 """Slice-triplet datasets read from the memory-mapped volume cache, and the fold-aware DataModule.
 
 A sample is the slices [j - 1, j, j + 1] of one plane of a cached case (indices clamped at the volume ends),
-with the labels of the same three slices. Planes are array axes of the cache layout (see `prepare`):
+with the labels of the same three slices. Planes are array axes of the cache layout (`LAYOUT`):
 X = axis 0, Y = axis 1, Z = axis 2.
 """
 
@@ -17,13 +17,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from common.errors import DataError
-from common.io.atomic import load_json
 from common.io.cache import VolumeCache
+from common.io.layout import CacheLayout
 from common.loaders import loader_options
 from common.prepare import not_prepared
-from projects.rstn.prepare import RAW_HINTS, SOURCES
+from common.splits import load_split
 
 PLANE_AXIS = {"X": 0, "Y": 1, "Z": 2}
+#: The cache order: the reference's DICOM order (row, column, slice), i.e. NIfTI's first two axes swapped.
+LAYOUT = CacheLayout(order=(1, 0, 2))
+WINDOW = (-100.0, 240.0)
+#: What `--raw` points at for each raw data set, and where it comes from (named when the cache is missing).
+RAW_HINTS = {"nih": "<NIH Pancreas-CT folder: PANCREAS_00XX/ and label00XX.nii.gz>",
+             "msd": "<MSD Task07_Pancreas folder>"}
+SOURCES = {"nih": "NIH Pancreas-CT, https://www.cancerimagingarchive.net/collection/pancreas-ct/",
+           "msd": "Medical Segmentation Decathlon, http://medicaldecathlon.com"}
 
 
 class SliceSample(NamedTuple):
@@ -56,21 +64,32 @@ def slab(volume: np.ndarray, axis: int, centre: int, thickness: int = 3) -> np.n
     return np.moveaxis(np.take(volume, index, axis=axis), axis, 0).astype(np.float32)
 
 
-def load_split(path: str | Path, fold: int) -> tuple[list[str], list[str]]:
-    """Returns (training case ids, testing case ids) of `fold` in a `{"folds": [[ids], ...]}` JSON file.
+def fold_cases(split_file: str | Path, fold: int) -> tuple[list[str], list[str]]:
+    """Returns (training case ids, testing case ids) of `fold` of a split file with `folds` (`common.splits`).
 
     Raises:
         DataError: the file is missing or malformed, or `fold` is out of range.
     """
-    path = Path(path)
-    data = load_json(path, "split file (written by projects.rstn.prepare)")
-    folds = data.get("folds") if isinstance(data, dict) else None
-    if not isinstance(folds, list):
-        raise DataError(path, "not a split file with a 'folds' list")
-    if not 0 <= fold < len(folds):
-        raise DataError(path, f"fold {fold} out of range: the file has {len(folds)} folds")
-    train = [c for f, ids in enumerate(folds) if f != fold for c in ids]
-    return train, list(folds[fold])
+    sets = load_split(split_file, fold)
+    return sets["train"], sets["test"]
+
+
+def file_volume(cache: VolumeCache, case_id: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Returns a cached array in its source NIfTI order `[X, Y, Z]` and the source affine.
+
+    Raises:
+        DataError: the cache holds no affine for the case.
+    """
+    affine = cache.affine(case_id)
+    if affine is None:
+        raise DataError(cache.root, f"the cache holds no affine for {case_id}")
+    axes = LAYOUT.stored_axes(cache.meta(case_id), cache.root)
+    return axes.to_file(np.asarray(cache.load(case_id, key)), affine)
+
+
+def window(hu: np.ndarray, low: float = WINDOW[0], high: float = WINDOW[1]) -> np.ndarray:
+    """Returns float16 HU clipped to [low, high] and mapped linearly to [0, 1]."""
+    return ((np.clip(hu.astype(np.float32), low, high) - low) / (high - low)).astype(np.float16)
 
 
 def foreground_slices(label: np.ndarray, axis: int) -> list[tuple[int, int]]:
@@ -192,7 +211,7 @@ class RSTNDataModule(pl.LightningDataModule):
         cache = VolumeCache(h.cache_dir)
         if len(cache) == 0 or not Path(h.split_file).is_file():
             raise self._not_prepared("the cache is empty" if len(cache) == 0 else f"no split file {h.split_file}")
-        train, test = load_split(h.split_file, h.fold)
+        train, test = fold_cases(h.split_file, h.fold)
         missing = [c for c in train + test if not cache.has(c)]
         if missing:
             raise self._not_prepared(f"{len(missing)} cases of the split are not in the cache, e.g. {missing[:3]}")
@@ -205,7 +224,7 @@ class RSTNDataModule(pl.LightningDataModule):
             prepare_synthetic(self.hparams.cache_dir, int(syn["n_cases"]), tuple(syn["shape"]), int(syn.get("seed", 0)))
 
     def setup(self, stage: str | None = None) -> None:
-        train, test = load_split(self.hparams.split_file, self.hparams.fold)
+        train, test = fold_cases(self.hparams.split_file, self.hparams.fold)
         cache = VolumeCache(self.hparams.cache_dir)
         missing = [c for c in train + test if not cache.has(c)]
         if missing:

@@ -25,11 +25,11 @@ from common.io.nifti import save_nifti
 from common.run import CONF_ROOT
 from common.runtime import set_threads
 from projects.rstn.baseline import tune_window_rule
-from projects.rstn.data import load_split
+from projects.rstn.data import file_volume, fold_cases
 from projects.rstn.eval import evaluate_rstn, load_plane_model
 from projects.rstn.inference import dsc
 from projects.rstn.predict import predict_volume, protocol_of
-from projects.rstn.prepare import prepare_synthetic, to_source_layout
+from projects.rstn.prepare import prepare_synthetic
 from projects.rstn.train import train_planes
 
 
@@ -90,12 +90,12 @@ def run(out: Path, n_cases: int = 16, shape: tuple[int, int, int] = (128, 128, 3
     evaluation = evaluate_rstn(cfg)
     stages, details = evaluation["stages"], evaluation["details"]
     cache = VolumeCache(cache_dir)
-    train, test = load_split(cache_dir / "splits.json", 0)
+    train, test = fold_cases(cache_dir / "splits.json", 0)
     baseline, baseline_train = _baseline(cache, train, test)
     case = test[0]
     models = {p: load_plane_model(path) for p, path in ckpts.items()}
-    hu_like, affine = to_source_layout(np.asarray(cache.load(case, "image"), np.float32) * 340.0 - 100.0,
-                                       cache.affine(case))
+    image, affine = file_volume(cache, case, "image")
+    hu_like = image.astype(np.float32) * 340.0 - 100.0
     pred_path = out / "pred" / f"{case}.nii.gz"
     # the settings of the evaluation above
     protocol = protocol_of(ckpts[planes[0]], precision=evaluation["precision"])._replace(fine_batch_size=16)

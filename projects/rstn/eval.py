@@ -31,7 +31,7 @@ from common.io.nifti import save_nifti
 from common.run import entry
 from common.runtime import choose_precision
 from common.settings import CheckpointSettings, given_settings
-from projects.rstn.data import load_split
+from projects.rstn.data import LAYOUT, fold_cases
 from projects.rstn.inference import (
     average_triplets,
     coarse_to_fine,
@@ -42,7 +42,6 @@ from projects.rstn.inference import (
 )
 from projects.rstn.metrics import score_case
 from projects.rstn.model import RSTN
-from projects.rstn.prepare import to_source_layout
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +117,11 @@ def eval_settings(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(OmegaConf.to_container(cfg.eval, resolve=True), protocol._asdict())
 
 
-def _write_mask(out_dir: Path, stage: str, case_id: str, mask: np.ndarray, affine: np.ndarray | None) -> None:
+def _write_mask(out_dir: Path, stage: str, case_id: str, mask: np.ndarray, affine: np.ndarray | None,
+                meta: dict | None = None) -> None:
     if affine is None:
         raise DataError(case_id, "the cache holds no affine for this case")
-    data, source_affine = to_source_layout(mask.astype(np.uint8), affine)
+    data, source_affine = LAYOUT.stored_axes(meta, case_id).to_file(mask.astype(np.uint8), affine)
     save_nifti(out_dir / stage / f"{case_id}.nii.gz", data, source_affine)
 
 
@@ -196,7 +196,7 @@ def evaluate_rstn(cfg: DictConfig) -> dict[str, Any]:
     models = {p: load_plane_model(cfg.checkpoints[p], cfg.model) for p in ev.planes}
     if ev.channels_last:
         models = {p: m.to(memory_format=torch.channels_last) for p, m in models.items()}
-    train, test = load_split(cfg.data.split_file, cfg.fold)
+    train, test = fold_cases(cfg.data.split_file, cfg.fold)
     cases = {"test": test, "train": train}.get(ev.split)
     if cases is None:
         raise DataError(None, f"eval.split must be test or train, got {ev.split!r}")
@@ -211,7 +211,7 @@ def evaluate_rstn(cfg: DictConfig) -> dict[str, Any]:
         scores, masks, info = evaluate_case(image, label, models, ev)
         if ev.write_masks:
             for stage, mask in masks.items():
-                _write_mask(out_dir, stage, case_id, mask, cache.affine(case_id))
+                _write_mask(out_dir, stage, case_id, mask, cache.affine(case_id), cache.meta(case_id))
         per_case[case_id], details[case_id] = scores, {**info, "seconds": time.perf_counter() - start}
         log.info("%s: %s", case_id, {k: round(v, 4) for k, v in scores.items()})
     for stage in sorted({s for scores in per_case.values() for s in scores}):

@@ -31,10 +31,10 @@ from common.predict_cli import (
     predict_parser,
     rename_flag,
 )
+from projects.rstn.data import LAYOUT, window
 from projects.rstn.eval import Protocol, load_plane_model, protocol_of
 from projects.rstn.inference import coarse_to_fine, predict_plane
 from projects.rstn.model import RSTN
-from projects.rstn.prepare import to_cache_layout, to_source_layout, window
 
 
 def predict_volume(hu: np.ndarray, affine: np.ndarray, models: dict[str, RSTN], protocol: Protocol
@@ -47,13 +47,13 @@ def predict_volume(hu: np.ndarray, affine: np.ndarray, models: dict[str, RSTN], 
         models: plane -> RSTN (any subset of X, Y, Z).
         protocol: the coarse-to-fine settings (see `protocol_of`).
     """
-    image, cache_affine = to_cache_layout(window(hu).astype(np.float32), affine)
+    image, cache_affine, axes = LAYOUT.to_cache(window(hu).astype(np.float32), affine)
     with torch.no_grad():
         coarse = {p: predict_plane(image, p, m, protocol.batch_size, protocol.precision) for p, m in models.items()}
         result = coarse_to_fine(image, models, coarse, protocol.max_rounds, protocol.stop_inter_dsc,
                                 protocol.threshold, protocol.margin, protocol.post_ratio,
                                 precision=protocol.precision, batch_size=protocol.fine_batch_size)
-    return to_source_layout(result.mask, cache_affine)[0]
+    return axes.to_file(result.mask, cache_affine)[0]
 
 
 #: Protocol field -> command-line flag that overrides the checkpoint's value.

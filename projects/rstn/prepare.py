@@ -6,7 +6,7 @@ Cache layout (one case per entry of `common.io.cache.VolumeCache`):
 - affine: the source affine with its first two columns swapped, because the arrays are stored in the
   reference's DICOM order (row, column, slice) rather than NIfTI's (column, row, slice); planes X, Y, Z are
   array axes 0, 1, 2 of this layout (coronal, sagittal, axial for an axial acquisition).
-`to_source_layout` undoes the swap, so masks are written on the CT grid with the CT's own affine.
+`data.LAYOUT` (`common.io.layout`) maps both ways, so masks are written on the CT grid with the CT's own affine.
 
 Usage (defaults: `--raw $MEDIMG_DATA/raw/Pancreas-CT` or `raw/MSD/Task07_Pancreas`, `--cache
 $MEDIMG_DATA/cache/rstn/<layout>`, the folder `conf/rstn/data/<layout>.yaml` reads):
@@ -27,39 +27,19 @@ import numpy as np
 
 from common.cli import exit_code_on_data_error
 from common.errors import DataError
-from common.io.atomic import save_json
 from common.io.cache import VolumeCache
 from common.io.dicom import load_dicom_series
 from common.io.nifti import Volume, load_nifti, reorient_like
 from common.prepare import add_renamed_flag, cache_root, prepare_parser, raw_root
+from common.splits import write_split as save_split
+from projects.rstn.data import LAYOUT, WINDOW, window
 
 log = logging.getLogger(__name__)
 
-WINDOW = (-100.0, 240.0)
 SPLIT_DIR = Path(__file__).resolve().parent / "splits"
 NIH_SPLIT = SPLIT_DIR / "nih_pancreas_folds.json"
-#: The raw data of each layout (its folder under `$MEDIMG_DATA/raw`), what `--raw` points at, where it comes from.
+#: The raw data of each layout: its folder under `$MEDIMG_DATA/raw`.
 RAW_DATASETS = {"nih": "Pancreas-CT", "msd": "MSD/Task07_Pancreas"}
-RAW_HINTS = {"nih": "<NIH Pancreas-CT folder: PANCREAS_00XX/ and label00XX.nii.gz>",
-             "msd": "<MSD Task07_Pancreas folder>"}
-SOURCES = {"nih": "NIH Pancreas-CT, https://www.cancerimagingarchive.net/collection/pancreas-ct/",
-           "msd": "Medical Segmentation Decathlon, http://medicaldecathlon.com"}
-SWAP_ROW_COL = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float64)
-
-
-def window(hu: np.ndarray, low: float = WINDOW[0], high: float = WINDOW[1]) -> np.ndarray:
-    """Returns float16 HU clipped to [low, high] and mapped linearly to [0, 1]."""
-    return ((np.clip(hu.astype(np.float32), low, high) - low) / (high - low)).astype(np.float16)
-
-
-def to_cache_layout(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (data [C, R, S] -> [R, C, S], affine with the same voxel positions) for a NIfTI-ordered volume."""
-    return np.ascontiguousarray(np.swapaxes(data, 0, 1)), np.asarray(affine, np.float64) @ SWAP_ROW_COL
-
-
-def to_source_layout(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Returns the inverse of `to_cache_layout` (the swap is its own inverse)."""
-    return to_cache_layout(data, affine)
 
 
 def fold_split(case_ids: Sequence[str], n_folds: int = 4) -> list[list[str]]:
@@ -78,8 +58,8 @@ def fold_split(case_ids: Sequence[str], n_folds: int = 4) -> list[list[str]]:
 
 
 def write_split(path: str | Path, folds: list[list[str]], source: str) -> None:
-    """Writes `{"source", "folds": [[case ids of fold 0], ...]}` atomically."""
-    save_json(Path(path), {"source": source, "folds": folds})
+    """Writes the split file of a cache (`common.splits` format: `source`, `folds`) atomically."""
+    save_split(path, folds=folds, source=source)
 
 
 def store_case(cache: VolumeCache, case_id: str, hu: Volume, label: np.ndarray, source: str,
@@ -91,11 +71,11 @@ def store_case(cache: VolumeCache, case_id: str, hu: Volume, label: np.ndarray, 
     """
     if label.shape != hu.data.shape:
         raise DataError(source, f"label shape {label.shape} differs from image shape {hu.data.shape}")
-    image, affine = to_cache_layout(window(hu.data), hu.affine)
-    mask, _ = to_cache_layout(np.isin(label, list(foreground)).astype(np.uint8), hu.affine)
+    image, affine, axes = LAYOUT.to_cache(window(hu.data), hu.affine)
+    mask, _ = axes.to_cache(np.isin(label, list(foreground)).astype(np.uint8), hu.affine)
     cache.write_case(case_id, {"image": image, "label": mask}, affine=affine,
-                     meta={"source": source, "layout": "row,col,slice", "window_hu": list(WINDOW),
-                           "foreground_voxels": int(mask.sum())})
+                     meta={"source": source, "layout": "row,col,slice", "axes": axes.to_meta(),
+                           "window_hu": list(WINDOW), "foreground_voxels": int(mask.sum())})
 
 
 def _label_on_grid(label_path: Path, image: Volume, label_layout: str) -> np.ndarray:

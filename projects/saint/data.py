@@ -20,15 +20,22 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from common.errors import DataError
-from common.io.atomic import load_json
 from common.io.cache import VolumeCache
+from common.io.layout import CacheLayout
 from common.loaders import loader_options
 from common.prepare import not_prepared
+from common.splits import carve_by_count, load_split
 from projects.saint.model import distance_map
-from projects.saint.prepare import RAW_HINT, SOURCE
 
 IMAGE_KEY = "image"
 PAPER_SPLIT = Path(__file__).resolve().parent / "splits" / "paper_test.json"
+#: The cache order: the axial (slice) axis last, the in-plane axes in file order.
+LAYOUT = CacheLayout(move="axial", position=2)
+HU_OFFSET = 1024.0
+MAX_INTENSITY = 4000.0
+#: The raw data: what `--raw` points at, where it comes from (named when the cache is empty).
+RAW_HINT = "<folder of the MSD Task03_Liver, Task10_Colon, Task08_HepaticVessel folders>"
+SOURCE = "Medical Segmentation Decathlon, http://medicaldecathlon.com"
 
 
 class Split(NamedTuple):
@@ -39,41 +46,19 @@ class Split(NamedTuple):
     test: list[str]
 
 
-def _flatten(ids: Any) -> list[str]:
-    if isinstance(ids, dict):
-        return [i for v in ids.values() for i in _flatten(v)]
-    return [str(i) for i in ids]
-
-
-def load_split(path: str | Path) -> dict[str, list[str]]:
-    """Returns `{"test": [...], optionally "train", "val"}` from a split JSON (lists or dicts of lists).
-
-    Raises:
-        DataError: unreadable file or no `test` entry.
-    """
-    path = Path(path)
-    raw = load_json(path, "split file")
-    if not isinstance(raw, dict) or "test" not in raw:
-        raise DataError(path, "a split file needs a 'test' entry (list of case ids, or dict of lists)")
-    return {k: _flatten(raw[k]) for k in ("train", "val", "test") if k in raw}
+def offset_intensities(hu: np.ndarray) -> np.ndarray:
+    """Returns `HU + 1024` rounded and clipped to [0, 4000] as uint16 (the same offset for every volume)."""
+    return np.clip(np.rint(np.asarray(hu, dtype=np.float32) + HU_OFFSET), 0, MAX_INTENSITY).astype(np.uint16)
 
 
 def split_cases(case_ids: Sequence[str], split_file: str | Path, val_count: int = 2, seed: int = 0) -> Split:
-    """Returns train / val / test ids: test from the split file, val drawn (seeded) from the rest.
+    """Returns train / val / test ids of the cached cases: test from the split file, val drawn (seeded) from the rest.
 
-    Ids of the split file that are not in `case_ids` are ignored (e.g. the paper's KiTS cases).
+    Ids of the split file that are not in `case_ids` are ignored (e.g. the paper's KiTS cases); a file with a `val`
+    list keeps it (`common.splits`).
     """
-    split = load_split(split_file)
-    available = set(case_ids)
-    test = [c for c in split["test"] if c in available]
-    rest = sorted(available - set(test))
-    if "train" in split:
-        train = [c for c in split["train"] if c in available]
-        val = [c for c in split.get("val", []) if c in available]
-        return Split(train, val, test)
-    order = np.random.default_rng(seed).permutation(len(rest))
-    val = sorted(rest[i] for i in order[:val_count])
-    return Split([c for c in rest if c not in val], val, test)
+    sets = load_split(split_file, available=case_ids, carve=carve_by_count(val_count, seed))
+    return Split(sets["train"], sets["val"], sets["test"])
 
 
 def thickness_step(n_slices: int, dz_mm: float, rng: np.random.Generator, max_thickness_mm: float = 5.0,

@@ -25,9 +25,10 @@ from common.io.cache import VolumeCache
 from common.io.nifti import load_nifti, save_nifti, scale_axis_affine
 from common.run import CONF_ROOT, REPO_ROOT, train
 from common.runtime import set_threads
+from common.splits import read_split
 from common.synthetic import ct_abdomen, write_msd_task
 from projects.saint.checkpoint import load_saint
-from projects.saint.data import PAPER_SPLIT, VolumeDataset, load_split, split_cases
+from projects.saint.data import PAPER_SPLIT, VolumeDataset, split_cases
 from projects.saint.eval import score_methods, summarise
 from projects.saint.predict import predict_file
 from projects.saint.prepare import prepare
@@ -43,7 +44,7 @@ def write_demo_msd(root: str | Path, n_train: int = 10, n_test: int = 3, shape: 
     Training cases take ids that are not in the paper's test list; the `n_test` held-out cases take the
     first ids of that list (`liver_0`, `liver_1`, ...), half in `imagesTr/` and half in `imagesTs/`.
     """
-    paper_test = [c for c in load_split(Path(__file__).parent / "splits" / "paper_test.json")["test"]
+    paper_test = [c for c in read_split(PAPER_SPLIT)["test"]
                   if c.startswith("liver_")]
     train_ids = [f"liver_{i}" for i in range(2, 400) if f"liver_{i}" not in paper_test][:n_train]
     test_ids = paper_test[:n_test]

@@ -36,10 +36,9 @@ from common.run import entry, output_dir
 from common.runtime import autocast, choose_precision, set_threads
 from common.settings import CheckpointSettings
 from projects.saint.checkpoint import load_saint, read_run_config
-from projects.saint.data import IMAGE_KEY, PAPER_SPLIT, VolumeDataset, split_cases
+from projects.saint.data import HU_OFFSET, IMAGE_KEY, PAPER_SPLIT, VolumeDataset, split_cases
 from projects.saint.evaluation import interpolate_z, score_case, weighted_mean
 from projects.saint.model import SAINT
-from projects.saint.prepare import HU_OFFSET
 
 log = logging.getLogger(__name__)
 

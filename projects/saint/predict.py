@@ -33,9 +33,9 @@ from common.predict_cli import Case, list_cases, load_ct, parse_predict_args, pr
 from common.runtime import autocast, set_threads
 from common.settings import CONF_ROOT
 from projects.saint.checkpoint import load_saint
+from projects.saint.data import HU_OFFSET, LAYOUT, offset_intensities
 from projects.saint.eval import Inference, inference_of
 from projects.saint.model import SAINT
-from projects.saint.prepare import HU_OFFSET, axial_axis, offset_intensities
 
 
 def synthesise_hu(net: SAINT, hu: np.ndarray, spacing: tuple[float, float, float], factor: int,
@@ -82,14 +82,14 @@ def predict_case(case: Case, net: SAINT, run: Inference, precision: str = "32") 
         DataError: unreadable input, or fewer than 2 slices along its axial axis.
     """
     volume = load_ct(case)
-    axis = axial_axis(volume.affine)
+    axes = LAYOUT.axes(volume.affine)
+    axis = axes.file_axis(2)
     if volume.shape[axis] < 2:
         raise DataError(case.source, f"needs at least 2 slices along the axial axis {axis}, got {volume.shape}")
-    order = [a for a in range(3) if a != axis] + [axis]
-    spacing = voxel_spacing(volume.affine)[order]
-    hu = synthesise_hu(net, np.transpose(volume.data, order), tuple(float(s) for s in spacing), run.factor,
+    lr, lr_affine = axes.to_cache(volume.data, volume.affine)
+    hu = synthesise_hu(net, lr, tuple(float(s) for s in voxel_spacing(lr_affine)), run.factor,
                        run.fuse, run.plane_batch, precision)
-    thin = np.transpose(hu, np.argsort(order))
+    thin, _ = axes.to_file(hu, lr_affine)
     affine = scale_axis_affine(volume.affine, axis, run.factor, anchor="first")
     return save_nifti(case.target, thin, affine, header=volume.header, dtype=np.int16)
 

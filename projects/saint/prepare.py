@@ -25,42 +25,14 @@ from common.io.atomic import load_json, save_json
 from common.io.cache import VolumeCache
 from common.io.nifti import load_nifti, voxel_spacing
 from common.prepare import add_renamed_flag, prepare_parser, raw_root
+from projects.saint.data import HU_OFFSET, LAYOUT, offset_intensities
 
 log = logging.getLogger(__name__)
 
 PAPER_TASKS = ("Task03_Liver", "Task10_Colon", "Task08_HepaticVessel")
-HU_OFFSET = 1024.0
-MAX_INTENSITY = 4000.0
 METAL_RANGE = 9000.0
-#: The raw data: its folder under `$MEDIMG_DATA/raw`, what `--raw` points at, where it comes from.
+#: The raw data's folder under `$MEDIMG_DATA/raw`.
 RAW_DATASET = "MSD"
-RAW_HINT = "<folder of the MSD Task03_Liver, Task10_Colon, Task08_HepaticVessel folders>"
-SOURCE = "Medical Segmentation Decathlon, http://medicaldecathlon.com"
-
-
-def offset_intensities(hu: np.ndarray) -> np.ndarray:
-    """Returns `HU + 1024` rounded and clipped to [0, 4000] as uint16 (the same offset for every volume)."""
-    return np.clip(np.rint(np.asarray(hu, dtype=np.float32) + HU_OFFSET), 0, MAX_INTENSITY).astype(np.uint16)
-
-
-def axial_axis(affine: np.ndarray) -> int:
-    """Returns the array axis whose direction is closest to the world superior-inferior axis (the slice axis).
-
-    Voxel sizes are not used: thin-slice CT can have slices thinner than its pixels.
-    """
-    directions = np.asarray(affine, dtype=np.float64)[:3, :3] / voxel_spacing(affine)
-    return int(np.argmax(np.abs(directions[2])))
-
-
-def slice_axis_last(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Returns `(data, affine)` with the axial axis moved to the last array axis; world positions unchanged."""
-    axis = axial_axis(affine)
-    if axis == 2:
-        return data, np.asarray(affine, dtype=np.float64)
-    order = [a for a in range(3) if a != axis] + [axis]
-    new_affine = np.asarray(affine, dtype=np.float64).copy()
-    new_affine[:3, :3] = new_affine[:3, order]
-    return np.transpose(data, order), new_affine
 
 
 def find_task_folders(roots: Iterable[str | Path], tasks: Iterable[str] = PAPER_TASKS) -> list[Path]:
@@ -130,10 +102,11 @@ def prepare_case(cache: VolumeCache, case_id: str, path: Path, task: str,
     value_range = float(hu.max() - hu.min())
     if value_range > metal_range:
         return f"metal artefact: intensity range {value_range:.0f} > {metal_range:.0f}"
-    data, affine = slice_axis_last(hu, volume.affine)
+    data, affine, axes = LAYOUT.to_cache(hu, volume.affine)
     spacing = [float(s) for s in voxel_spacing(affine)]
     cache.write_case(case_id, {"image": offset_intensities(data)}, affine=affine,
-                     meta={"spacing": spacing, "task": task, "source": str(path), "hu_offset": HU_OFFSET})
+                     meta={"spacing": spacing, "task": task, "source": str(path), "hu_offset": HU_OFFSET,
+                           "axes": axes.to_meta()})
     return "ok"
 
 

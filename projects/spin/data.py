@@ -1,8 +1,9 @@
 """ATLAS slices from the volume cache: training sampler, whole-scan evaluation slices, the DataModule.
 
 The cache (written by ``projects.spin.prepare``) holds per scan ``t1`` float32 ``[Z, X, Y]`` (raw intensities)
-and ``lesion`` uint8 ``[Z, X, Y]``, axial slices first so that a 5-slice window is one contiguous read. The
-stored affine is that of the canonical (RAS+) NIfTI array ``[X, Y, Z]``.
+and ``lesion`` uint8 ``[Z, X, Y]``, axial slices first so that a 5-slice window is one contiguous read
+(``LAYOUT``, ``common.io.layout``); the stored affine is that of the cached array, ``meta["axes"]`` maps it back
+to the canonical (RAS+) NIfTI array ``[X, Y, Z]`` (:func:`volume_xyz`).
 """
 
 from __future__ import annotations
@@ -16,17 +17,44 @@ import torch
 from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
+from common.errors import DataError
 from common.io.cache import VolumeCache
+from common.io.layout import CacheLayout
 from common.loaders import loader_options
 from common.prepare import not_prepared
-from projects.spin.prepare import RAW_HINT, SOURCE
 from projects.spin.splits import resolve_split
+
+#: The cache order: ``[Z, X, Y]`` of the RAS+ array (axial slices first).
+LAYOUT = CacheLayout(order=(2, 0, 1), canonical=True)
+#: The order the network segments a scan in (predict): the RAS+ array ``[X, Y, Z]``, slices along Z.
+RAS = CacheLayout(canonical=True)
+#: The raw data: what `--raw` points at, where it comes from (named when scans are not cached).
+RAW_HINT = "<ATLAS R1.2 standard_MNI folder>"
+SOURCE = "ATLAS R1.2, https://fcon_1000.projects.nitrc.org/indi/retro/atlas.html"
 
 #: Fixed ATLAS R1.2 intensity statistics used for normalisation (x - mean) / std.
 ATLAS_MEAN = 30.20063
 ATLAS_STD = 35.221165
 #: 8-connectivity in 2-D.
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def ras_volume(cache: VolumeCache, scan: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Returns a cached array in the RAS+ NIfTI order ``[X, Y, Z]`` and the affine of that array.
+
+    Raises:
+        DataError: the cache entry has no ``meta["axes"]`` (written by an earlier prepare) or no affine.
+    """
+    axes = LAYOUT.stored_axes(cache.meta(scan), cache.root / scan)
+    affine = cache.affine(scan)
+    if affine is None:
+        raise DataError(cache.root, f"the cache holds no affine for {scan}")
+    return axes.to_file(np.asarray(cache.load(scan, key)), affine)
+
+
+def volume_xyz(cache: VolumeCache, scan: str, key: str) -> np.ndarray:
+    """Returns a cached array in the RAS+ NIfTI order ``[X, Y, Z]`` (see :func:`ras_volume`)."""
+    return ras_volume(cache, scan, key)[0]
 
 
 class SliceSample(NamedTuple):

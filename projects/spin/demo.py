@@ -26,9 +26,9 @@ from common.io.atomic import save_json
 from common.io.cache import VolumeCache
 from common.run import CONF_ROOT, load_module, train
 from common.runtime import set_threads
+from projects.spin.data import volume_xyz
 from projects.spin.eval import score_masks
 from projects.spin.predict import logits_function, predict_volume, segment_nifti
-from projects.spin.prepare import volume_xyz
 from projects.spin.splits import load_split
 
 

@@ -29,9 +29,9 @@ from common.io.nifti import save_nifti
 from common.run import entry, output_dir, resolve_ckpt_path
 from common.runtime import choose_precision
 from common.settings import given_settings
+from projects.spin.data import ras_volume, volume_xyz
 from projects.spin.metrics import METRICS, score_case, score_counts, small_lesion_counts
 from projects.spin.predict import inference_of, logits_function, predict_volume
-from projects.spin.prepare import volume_xyz
 
 #: Paper Tables 2 (27 test scans, mean over scans) and 3 (pooled small-lesion slices): DSC, IoU, P, R.
 PAPER = {
@@ -99,9 +99,10 @@ def evaluate_spin(cfg: DictConfig) -> dict[str, Any]:
     logits_fn = logits_function(module, run.tta_flip, precision == "bf16")
 
     def predict_mask(scan: str) -> np.ndarray:
-        mask = predict_volume(logits_fn, np.asarray(volume_xyz(cache, scan, "t1")), run.n_chunk, run.batch_size)
+        t1, affine = ras_volume(cache, scan, "t1")
+        mask = predict_volume(logits_fn, t1, run.n_chunk, run.batch_size)
         if cfg.eval.write_masks:
-            save_nifti(output_dir(cfg) / "masks" / f"{scan}.nii.gz", mask, cache.affine(scan), dtype=np.uint8)
+            save_nifti(output_dir(cfg) / "masks" / f"{scan}.nii.gz", mask, affine, dtype=np.uint8)
         return mask
 
     results = score_masks(predict_mask, cache, scan_ids, int(cfg.data.small_max_px))

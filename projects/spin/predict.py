@@ -23,7 +23,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from nibabel import orientations
 
 from common.checkpoint import module_from_checkpoint
 from common.cli import exit_code_on_data_error
@@ -32,7 +31,7 @@ from common.io.nifti import load_nifti, save_nifti
 from common.predict_cli import list_cases, parse_predict_args, predict_cases, predict_parser, rename_flag
 from common.runtime import autocast
 from common.settings import CheckpointSettings
-from projects.spin.data import normalise
+from projects.spin.data import RAS, normalise
 
 
 def logits_function(module: torch.nn.Module, tta_flip: bool = False, bf16: bool = False,
@@ -79,14 +78,6 @@ def predict_volume(logits_fn: Callable, t1: np.ndarray, n_chunk: int = 5, batch_
     return logits if return_logits else (logits >= 0).astype(np.uint8)
 
 
-def _to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (data in RAS+ axis order, the orientation transform that undoes it)."""
-    ornt = orientations.io_orientation(affine)
-    ras = orientations.axcodes2ornt(("R", "A", "S"))
-    forward = orientations.ornt_transform(ornt, ras)
-    return orientations.apply_orientation(data, forward), orientations.ornt_transform(ras, ornt)
-
-
 def segment_nifti(logits_fn: Callable, input_path: str | Path, output_path: str | Path, n_chunk: int = 5,
                   batch_size: int = 32, device: str = "cpu") -> Path:
     """Segments one T1 NIfTI and writes the uint8 mask with the input's shape, affine and header fields.
@@ -95,9 +86,8 @@ def segment_nifti(logits_fn: Callable, input_path: str | Path, output_path: str 
         DataError: the input is unreadable, not 3-D, or has NaN/Inf voxels.
     """
     volume = load_nifti(input_path)
-    ras, undo = _to_ras(volume.data, volume.affine)
-    mask = predict_volume(logits_fn, np.ascontiguousarray(ras), n_chunk, batch_size, device=device)
-    mask = np.ascontiguousarray(orientations.apply_orientation(mask, undo))
+    ras, ras_affine, axes = RAS.to_cache(volume.data, volume.affine)
+    mask, _ = axes.to_file(predict_volume(logits_fn, ras, n_chunk, batch_size, device=device), ras_affine)
     return save_nifti(output_path, mask, volume.affine, header=volume.header, dtype=np.uint8)
 
 

@@ -8,8 +8,9 @@ Raw layout (after unzipping ``standard_part1.zip`` and ``standard_part2.zip``)::
 Usage: ``python -m projects.spin.prepare --raw RAW --cache CACHE [--split atlas_traintest] [--overwrite]``
 (defaults: ``$MEDIMG_DATA/raw/ATLAS_R1.2/standard_MNI`` and ``$MEDIMG_DATA/cache/spin``). Each scan is
 reoriented to RAS+ (a permutation/flip, no resampling), checked (a T1 and at least one mask, equal shapes and
-affines, no NaN/Inf), and stored as ``t1`` float32 and ``lesion`` uint8, both ``[Z, X, Y]`` (axial first),
-with the RAS affine and per-slice lesion pixel counts in the metadata.
+affines, no NaN/Inf), and stored as ``t1`` float32 and ``lesion`` uint8, both ``[Z, X, Y]`` (axial first,
+``data.LAYOUT``) with the affine of that array, and ``meta["axes"]`` and per-slice lesion pixel counts in the
+metadata.
 """
 
 from __future__ import annotations
@@ -27,13 +28,12 @@ from common.errors import DataError
 from common.io.cache import VolumeCache
 from common.io.nifti import load_nifti
 from common.prepare import add_renamed_flag, prepare_parser, raw_root
+from projects.spin.data import LAYOUT
 from projects.spin.splits import load_split
 
 SCAN_DIR = re.compile(r"^c\d{4}s\d{4}t\d{2}$")
-#: The raw data: its folder under `$MEDIMG_DATA/raw`, what `--raw` points at, where it comes from.
+#: The raw data's folder under `$MEDIMG_DATA/raw`.
 RAW_DATASET = "ATLAS_R1.2/standard_MNI"
-RAW_HINT = "<ATLAS R1.2 standard_MNI folder>"
-SOURCE = "ATLAS R1.2, https://fcon_1000.projects.nitrc.org/indi/retro/atlas.html"
 
 
 def find_scans(root: str | os.PathLike) -> dict[str, tuple[Path, list[Path]]]:
@@ -80,17 +80,12 @@ def load_scan(scan: str, t1_path: Path, mask_paths: list[Path]) -> tuple[np.ndar
 
 def cache_scan(cache: VolumeCache, scan: str, t1: np.ndarray, lesion: np.ndarray, affine: np.ndarray,
                source: str = "") -> None:
-    """Writes one scan (``[X, Y, Z]`` arrays) to the cache, axial axis first, with per-slice lesion counts."""
-    t1_axial = np.ascontiguousarray(np.moveaxis(t1, 2, 0), dtype=np.float32)
-    lesion_axial = np.ascontiguousarray(np.moveaxis(lesion, 2, 0), dtype=np.uint8)
-    meta = {"source": source, "layout": "[Z, X, Y] of the RAS+ array [X, Y, Z]", "shape_xyz": list(t1.shape),
+    """Writes one scan (RAS+ ``[X, Y, Z]`` arrays) to the cache in ``data.LAYOUT``, with per-slice lesion counts."""
+    t1_axial, cache_affine, axes = LAYOUT.to_cache(np.asarray(t1, dtype=np.float32), affine)
+    lesion_axial, _ = axes.to_cache(np.asarray(lesion, dtype=np.uint8), affine)
+    meta = {"source": source, "layout": LAYOUT.describe(), "axes": axes.to_meta(), "shape_xyz": list(t1.shape),
             "lesion_px": lesion_axial.reshape(lesion_axial.shape[0], -1).sum(1).astype(int).tolist()}
-    cache.write_case(scan, {"t1": t1_axial, "lesion": lesion_axial}, affine, meta)
-
-
-def volume_xyz(cache: VolumeCache, scan: str, key: str) -> np.ndarray:
-    """Returns a cached array back in the NIfTI layout ``[X, Y, Z]`` (a view)."""
-    return np.moveaxis(cache.load(scan, key), 0, 2)
+    cache.write_case(scan, {"t1": t1_axial, "lesion": lesion_axial}, cache_affine, meta)
 
 
 def prepare(root: str | os.PathLike, cache_dir: str | os.PathLike, only: list[str] | None = None,

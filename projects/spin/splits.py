@@ -2,7 +2,8 @@
 
 Scan ids read ``c{site:04d}s{subject:04d}t{timepoint:02d}``; the subject is the ``c....s....`` prefix, so a
 follow-up scan (``t02``) always falls on the same side of a split as its baseline (``t01``). Split files are
-JSON: ``{"train": [...], "test": [...]}`` or ``{"folds": [[...], ...]}``. A file may say
+the shared format (``common.splits``): ``{"train": [...], "test": [...]}`` or ``{"folds": [[...], ...]}``,
+read by ``common.splits``; this module adds the subject rule. A file may say
 ``"subject_disjoint": false``: the reference's 6-fold lists (``atlas_6fold.json``) put 9 follow-up scans in another
 fold than their baseline; they are kept as published, so only scans (not subjects) are checked to be disjoint
 between a fold and the rest.
@@ -18,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import DataError
-from common.io.atomic import load_json
+from common.splits import carve_by_group, read_split, split_path
+from common.splits import load_split as load_common_split
 
 SPLIT_DIR = Path(__file__).resolve().parent / "splits"
 SCAN_ID = re.compile(r"^c\d{4}s\d{4}t\d{2}$")
@@ -29,25 +31,13 @@ def subject_of(scan_id: str) -> str:
     return scan_id[:10] if SCAN_ID.match(scan_id) else scan_id
 
 
-def split_path(split: str | os.PathLike) -> Path:
-    """Returns the JSON file of a split: a name in ``projects/spin/splits/`` or a path."""
-    path = Path(split)
-    if path.suffix != ".json":
-        path = SPLIT_DIR / f"{split}.json"
-    return path
-
-
 def load_split(split: str | os.PathLike) -> dict:
-    """Returns the parsed split file (see the module docstring).
+    """Returns the checked contents of a split file: a name in ``projects/spin/splits/`` or a path.
 
     Raises:
-        DataError: the file is missing, not JSON, or has neither ``train``/``test`` lists nor ``folds``.
+        DataError: see ``common.splits.read_split``.
     """
-    path = split_path(split)
-    data = load_json(path, "split file")
-    if not ({"train", "test"} <= set(data) or "folds" in data):
-        raise DataError(path, "a split needs 'train' and 'test' lists, or 'folds'")
-    return data
+    return read_split(split, SPLIT_DIR)
 
 
 def _shuffled_subjects(scan_ids: Sequence[str], seed: int) -> list[str]:
@@ -67,12 +57,7 @@ def carve_validation(train_ids: Sequence[str], fraction: float = 0.1, seed: int 
     Returns:
         Two sorted, subject-disjoint lists whose union is ``train_ids``.
     """
-    subjects = _shuffled_subjects(train_ids, seed)
-    n_val = max(1, round(fraction * len(subjects))) if fraction > 0 else 0
-    val_subjects = set(subjects[:n_val])
-    val = sorted(s for s in train_ids if subject_of(s) in val_subjects)
-    train = sorted(s for s in train_ids if subject_of(s) not in val_subjects)
-    return train, val
+    return carve_by_group(fraction, seed, subject_of)(list(train_ids))
 
 
 def make_folds(scan_ids: Sequence[str], k: int = 6, seed: int = 0) -> list[list[str]]:
@@ -94,18 +79,10 @@ def resolve_split(split: str | os.PathLike, fold: int | None = None, val_fractio
     Raises:
         DataError: a fold is needed but missing or out of range, or the sets share a subject.
     """
-    data = load_split(split)
-    if "folds" in data:
-        folds = data["folds"]
-        if fold is None or not 0 <= int(fold) < len(folds):
-            raise DataError(split_path(split), f"choose data.fold in 0..{len(folds) - 1}")
-        test = list(folds[int(fold)])
-        train_all = [s for i, f in enumerate(folds) if i != int(fold) for s in f]
-    else:
-        train_all, test = list(data["train"]), list(data["test"])
-    train, val = carve_validation(train_all, val_fraction, val_seed)
-    sets = {"train": train, "val": val, "test": sorted(test)}
-    check_disjoint(sets, split_path(split), by_subject=data.get("subject_disjoint", True))
+    path = split_path(split, SPLIT_DIR)
+    sets = load_common_split(path, fold, carve=carve_by_group(val_fraction, val_seed, subject_of))
+    sets["test"] = sorted(sets["test"])
+    check_disjoint(sets, path, by_subject=read_split(path).get("subject_disjoint", True))
     return sets
 
 

@@ -10,15 +10,21 @@ import pytest
 from common.errors import DataError
 from common.io.cache import VolumeCache
 from common.synthetic.layouts import write_msd_task, write_nih_pancreas
-from projects.rstn.data import PlaneSlices, RSTNDataModule, load_split, organ_free_slices, slab
+from projects.rstn.data import (
+    LAYOUT,
+    PlaneSlices,
+    RSTNDataModule,
+    fold_cases,
+    organ_free_slices,
+    slab,
+    window,
+)
 from projects.rstn.prepare import (
     NIH_SPLIT,
     fold_split,
     main,
     prepare_msd,
     prepare_nih,
-    to_source_layout,
-    window,
 )
 
 SHAPE = (24, 20, 12)  # the fixture cases' grid
@@ -37,10 +43,10 @@ def test_committed_nih_folds_are_the_papers_and_disjoint() -> None:
     flat = [c for f in folds for c in f]
     assert len(flat) == len(set(flat)) == 82
     for fold in range(4):
-        train, test = load_split(NIH_SPLIT, fold)
+        train, test = fold_cases(NIH_SPLIT, fold)
         assert not set(train) & set(test) and len(train) + len(test) == 82
-    with pytest.raises(DataError, match="fold 4"):
-        load_split(NIH_SPLIT, 4)
+    with pytest.raises(DataError, match=r"4 folds: choose a fold \(data.fold\) in 0..3"):
+        fold_cases(NIH_SPLIT, 4)
 
 
 def test_fold_split_of_other_sizes() -> None:
@@ -57,9 +63,10 @@ def test_nih_dicom_import_shuffled_files_and_rescale(tmp_path, small_case, slope
     cache = VolumeCache(tmp_path / "cache")
     image, stored_label = cache.load("0003", "image"), cache.load("0003", "label")
     assert image.shape == (SHAPE[1], SHAPE[0], SHAPE[2])  # rows, columns, slices
-    back, back_affine = to_source_layout(np.asarray(image, np.float32), cache.affine("0003"))
+    axes = LAYOUT.stored_axes(cache.meta("0003"))
+    back, back_affine = axes.to_file(np.asarray(image, np.float32), cache.affine("0003"))
     assert np.allclose(back, window(hu).astype(np.float32), atol=2e-3)  # slope/intercept applied, slices sorted
-    assert np.array_equal(to_source_layout(stored_label, back_affine)[0], label)
+    assert np.array_equal(axes.to_file(stored_label, cache.affine("0003"))[0], label)
     assert np.allclose(back_affine, affine, atol=1e-4)
 
 
@@ -84,7 +91,7 @@ def test_msd_import_counts_tumour_as_pancreas_and_writes_folds(tmp_path, small_c
     assert ids == sorted(cases)
     cache = VolumeCache(tmp_path / "cache")
     assert int(cache.load("pancreas_001", "label").sum()) == int((cases["pancreas_001"][1] > 0).sum())
-    train, test = load_split(tmp_path / "cache" / "splits.json", 2)
+    train, test = fold_cases(tmp_path / "cache" / "splits.json", 2)
     assert test == ["pancreas_002"] and len(train) == 3
 
 

@@ -16,10 +16,11 @@ from omegaconf import OmegaConf
 from common.checkpoint import instantiate_model
 from common.io.cache import VolumeCache
 from common.run import CONF_ROOT
+from projects.rstn.data import file_volume
 from projects.rstn.eval import evaluate_rstn
 from projects.rstn.model import RSTN
 from projects.rstn.module import ModeSchedule
-from projects.rstn.prepare import to_source_layout, write_split
+from projects.rstn.prepare import write_split
 from projects.rstn.train import train_planes
 
 EXPERIMENTS = ("demo", "nih_pancreas", "msd_pancreas")
@@ -159,7 +160,7 @@ def test_the_whole_test_chain_on_two_cases(synthetic_cache, tmp_path) -> None:
         assert 1 <= result["details"][case]["rounds"] <= 2
         assert result["cases"][case]["dice"] == result["cases"][case]["dice_coarse2fine"]
         written = nib.load(out / "coarse2fine" / f"{case}.nii.gz")
-        data, affine = to_source_layout(np.asarray(cache.load(case, "label")), cache.affine(case))
+        data, affine = file_volume(cache, case, "label")
         assert written.shape == data.shape and np.allclose(written.affine, affine, atol=1e-5)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stages"]["fusion"]["mean"] == pytest.approx(stages["fusion"]["mean"])

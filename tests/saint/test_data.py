@@ -12,24 +12,26 @@ import torch
 
 from common.errors import DataError
 from common.io.cache import VolumeCache
+from common.splits import read_split
 from projects.saint.data import (
+    LAYOUT,
     PAPER_SPLIT,
     PlaneDataset,
     SaintDataModule,
     VolumeDataset,
     collate_planes,
-    load_split,
     lr_from_hr,
+    offset_intensities,
     read_planes,
     split_cases,
     thickness_step,
 )
 from projects.saint.model import distance_map
-from projects.saint.prepare import list_task_images, offset_intensities, prepare, slice_axis_last
+from projects.saint.prepare import list_task_images, prepare
 
 
 def test_paper_split_lists_the_194_test_cases() -> None:
-    test = load_split(PAPER_SPLIT)["test"]
+    test = read_split(PAPER_SPLIT)["test"]
     assert len(test) == len(set(test)) == 194
     assert sum(c.startswith("liver_") for c in test) == 38
     assert sum(c.startswith("colon_") for c in test) == 24
@@ -71,7 +73,7 @@ def test_offset_is_fixed_not_per_volume_minimum() -> None:
 def test_slice_axis_is_moved_last_with_the_affine() -> None:
     data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
     affine = np.array([[0, 0, 0.7, 0], [0, 0.7, 0, 0], [2.5, 0, 0, 0], [0, 0, 0, 1.0]])  # axis 0 is S-I
-    moved, new_affine = slice_axis_last(data, affine)
+    moved, new_affine, _ = LAYOUT.to_cache(data, affine)
     assert moved.shape == (5, 6, 4)
     for idx in [(1, 2, 3), (3, 4, 0)]:
         old = (idx[2], idx[0], idx[1])
