@@ -63,7 +63,9 @@ def read_split(split: str | os.PathLike, split_dir: str | os.PathLike | None = N
         if not isinstance(data["folds"], list) or not data["folds"]:
             raise DataError(path, "'folds' must be a non-empty list of lists of case ids")
         data["folds"] = [_ids(path, f"folds[{i}]", f) for i, f in enumerate(data["folds"])]
-    for key, ids in [(k, data[k]) for k in SETS if k in data] + list(enumerate(data.get("folds", []))):
+    named: list[tuple[str, list[str]]] = [(k, data[k]) for k in SETS if k in data]
+    named += [(f"folds[{i}]", fold) for i, fold in enumerate(data.get("folds", []))]
+    for key, ids in named:
         if len(set(ids)) != len(ids):
             raise DataError(path, f"a case id appears twice in {key!r}")
     return data

@@ -74,7 +74,7 @@ class AxisMap:
         moved = np.transpose(data, (*self.order, *range(3, np.ndim(data))))
         flipped = [i for i in range(3) if self.flip[i]]
         if flipped:
-            moved = np.flip(moved, flipped)
+            moved = np.flip(moved, tuple(flipped))
         out = np.array(affine, dtype=np.float64)
         out[:3, :3] = out[:3, list(self.order)]
         for i in flipped:
@@ -95,7 +95,7 @@ class AxisMap:
             out[:3, i] = -out[:3, i]
             out[:3, 3] -= (np.shape(data)[i] - 1) * out[:3, i]
         if flipped:
-            data = np.flip(data, flipped)
+            data = np.flip(data, tuple(flipped))
         inverse = tuple(int(a) for a in np.argsort(self.order))
         out[:3, :3] = out[:3, list(inverse)]
         return np.ascontiguousarray(np.transpose(data, (*inverse, *range(3, np.ndim(data))))), out
@@ -152,7 +152,8 @@ class CacheLayout:
             rest = [a for a in range(3) if a != int(axis)]
             rest.insert(self.position, int(axis))
             return AxisMap(tuple(rest))  # type: ignore[arg-type]
-        first, flip = (0, 1, 2), _NO_FLIP
+        first: tuple[int, ...] = (0, 1, 2)
+        flip: tuple[bool, ...] = _NO_FLIP
         if self.canonical:
             ornt = orientations.io_orientation(np.asarray(affine, dtype=np.float64))
             first = tuple(int(np.flatnonzero(ornt[:, 0] == i)[0]) for i in range(3))

@@ -108,7 +108,7 @@ def test_folds_fixed_lists_and_carving(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "message"), [
     ('{"train": ["a"]}', "needs a 'test' list or 'folds'"),
     ('{"test": "a"}', "'test' must be a list of case ids"),
-    ('{"folds": [["a"], ["b", "b"]]}', "appears twice in 1"),
+    ('{"folds": [["a"], ["b", "b"]]}', "appears twice in 'folds\\[1\\]'"),
     ('{"train": ["a"], "test": ["a"]}', "cases in both train and test"),
 ])
 def test_bad_split_files_name_the_file_and_the_fault(tmp_path: Path, text: str, message: str) -> None:
