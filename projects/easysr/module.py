@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from common.callbacks import PanelBatch
+from common.module import log_train_loss
 from projects.easysr.data import SRSample
 from projects.easysr.infer import upsample_normalised
 from projects.easysr.ops import psnr_easysr, spline_upsample, ssim_easysr
@@ -56,6 +58,7 @@ class EasySRModule(pl.LightningModule):
             raise ValueError(f"voxel_loss must be one of {sorted(_VOXEL_LOSSES)}, got {voxel_loss!r}")
         self.save_hyperparameters(logger=False)
         self.automatic_optimization = False
+        self.optimizer_names = ("generator", "discriminator")  # TensorBoard: lr/generator, lr/discriminator
         self.generator = instantiate(generator)
         self.discriminator = instantiate(discriminator)
 
@@ -93,7 +96,7 @@ class EasySRModule(pl.LightningModule):
         if weight > 0:
             adversarial = self._gan_loss(self.discriminator(sr), real=True)
             loss_g = voxel + weight * adversarial
-            self.log("train/adv_loss", adversarial, on_step=True, on_epoch=True, batch_size=len(lr))
+            self.log("train/adv_loss", adversarial, on_step=True, on_epoch=False, batch_size=len(lr))
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
         opt_g.step()
@@ -106,12 +109,12 @@ class EasySRModule(pl.LightningModule):
             self.manual_backward(loss_d)
             opt_d.step()
             self.untoggle_optimizer(opt_d)
-            self.log("train/d_loss", loss_d, on_step=True, on_epoch=True, batch_size=len(lr))
-        self.log("train/voxel_loss", voxel, on_step=True, on_epoch=True, batch_size=len(lr))
-        self.log("train/loss", loss_g, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(lr))
+            self.log("train/d_loss", loss_d, on_step=True, on_epoch=False, batch_size=len(lr))
+        self.log("train/voxel_loss", voxel, on_step=True, on_epoch=False, batch_size=len(lr))
+        log_train_loss(self, loss_g, len(lr))
         return loss_g.detach()
 
-    def _evaluate(self, batch: SRSample, stage: str, with_ssim: bool) -> dict[str, Any]:
+    def _evaluate(self, batch: SRSample, stage: str, with_ssim: bool) -> dict[str, PanelBatch]:
         lr, hr = batch.lr, batch.hr
         scale = int(self.generator.scale)
         sr = upsample_normalised(self.generator, lr[0, 0], self.hparams.eval_patch)
@@ -124,11 +127,12 @@ class EasySRModule(pl.LightningModule):
             scores["ssim_spline"] = ssim_easysr(spline, hr_np)
         for name, value in scores.items():
             self.log(f"{stage}/{name}", value, on_epoch=True, batch_size=1, sync_dist=True)
+        # The centre slice along array axis 0: the thick axis (1) lies in the slice, so the panel shows it.
         mid = hr.shape[2] // 2
-        sr_t = sr[None, mid].to(hr.device)
-        lr_view = lr[:, 0, mid].repeat_interleave(scale, dim=1)
-        return {"panels": {"input": lr_view, "prediction": sr_t, "reference": hr[:, 0, mid],
-                           "error": sr_t - hr[:, 0, mid]}}
+        lr_view = lr[:, 0, mid].repeat_interleave(scale, dim=1)  # each thick slice repeated: nearest
+        return {"panels": PanelBatch(input=lr_view, prediction=sr[None, mid], reference=hr[:, 0, mid],
+                                     case_ids=list(batch.case_id), slice_index=[mid], slice_axis=0,
+                                     axis_name="d")}
 
     def validation_step(self, batch: SRSample, batch_idx: int) -> dict[str, Any]:
         return self._evaluate(batch, "val", self.hparams.eval_ssim)

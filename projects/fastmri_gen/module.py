@@ -14,8 +14,10 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from common.callbacks import PanelBatch
 from common.io import save_json
 from common.metrics import ReconstructionVolumeMetric
+from common.module import log_train_loss
 from projects.fastmri_gen.data import Sample
 from projects.fastmri_gen.mobilenet import load_trunk_weights
 from projects.fastmri_gen.model import (
@@ -134,6 +136,7 @@ class ReconstructionModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.automatic_optimization = False
+        self.optimizer_names = ("generator", "discriminator")  # TensorBoard: lr/generator, lr/discriminator
         self.flags = fidelity_flags(fidelity)
         self.weights = {"l1": 1.0, "kl": 0.01, "proxy": 1.0, "adv": 0.01, "r1": 0.0, **(loss or {})}
         self.net = build_net(net, self.flags)
@@ -270,7 +273,7 @@ class ReconstructionModule(pl.LightningModule):
             optimizers[1].step()
             self.untoggle_optimizer(optimizers[1])
             logs["train/d_loss"] = d_loss.detach()
-        self.log("train/loss", total.detach(), prog_bar=True, batch_size=pred.shape[0])
+        log_train_loss(self, total.detach(), pred.shape[0])
         self.log_dict(logs, batch_size=pred.shape[0])
         return total.detach()
 
@@ -297,9 +300,11 @@ class ReconstructionModule(pl.LightningModule):
             if key in self.metrics:
                 self.metrics[key].update(raw[rows], batch.target[rows], [batch.fname[i] for i in rows],
                                          batch.slice_num[rows], data_range=peak[rows])
-        zero_filled = batch.zero_filled[:, 0]
-        return {"prediction": raw, "panels": {"input": zero_filled, "prediction": raw, "reference": batch.target,
-                                              "error": raw - batch.target}}
+        # Slices as stored (fastMRI images are displayed as read); the slice with the most signal of each volume.
+        panels = PanelBatch(input=batch.zero_filled[:, 0], prediction=raw, reference=batch.target,
+                            case_ids=list(batch.fname), slice_index=batch.slice_num, axis_name="z",
+                            score=batch.target.float().mean(dim=(1, 2)))
+        return {"prediction": raw, "panels": panels}
 
     def _log_metrics(self, stage: str) -> None:
         # every rank computes every metric (a collective call under DDP); accelerations not seen are NaN
