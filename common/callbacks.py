@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from common.panels import AS_STORED, DisplayView, panel_row, radiological_view
+from common.panels import AS_STORED, DisplayView, panel_row, pixel_aspect, radiological_view
 
 
 @dataclass
@@ -90,7 +90,8 @@ class ImagePanels(pl.Callback):
 
     Args:
         max_panels: cases shown.
-        min_size: slices are enlarged (integer factor, nearest neighbour) until their shorter side reaches this.
+        min_size: slices are enlarged (integer factors, nearest neighbour, voxels in proportion) until their
+            shorter side reaches this ...
         max_size: ... as long as their longer side stays within this.
     """
 
@@ -132,18 +133,23 @@ class ImagePanels(pl.Callback):
             return
         step = logging_step(trainer)
         for chosen in self._chosen.values():
-            row = panel_row(*chosen.slices, view=_view(trainer, chosen), segmentation=chosen.segmentation,
-                            window=chosen.window, min_size=self.min_size, max_size=self.max_size)
+            view, aspect = _geometry(trainer, chosen)
+            row = panel_row(*chosen.slices, view=view, segmentation=chosen.segmentation, window=chosen.window,
+                            aspect=aspect, min_size=self.min_size, max_size=self.max_size)
             for add_image in _image_writers(trainer):
                 add_image(chosen.tag, row, step, dataformats="CHW")
         self._chosen = {}
 
 
-def _view(trainer: pl.Trainer, chosen: _Chosen) -> DisplayView:
-    """Returns the radiological view of a chosen slice from its case's affine, or `AS_STORED`."""
+def _geometry(trainer: pl.Trainer, chosen: _Chosen) -> tuple[DisplayView, float]:
+    """Returns the radiological view of a chosen slice and its voxels' aspect, from its case's affine (else the
+    slice as stored, square voxels)."""
     case_affine = getattr(getattr(trainer, "datamodule", None), "case_affine", None)
     affine = case_affine(chosen.case_id) if case_affine is not None else None
-    return AS_STORED if affine is None else radiological_view(np.asarray(affine), chosen.slice_axis)
+    if affine is None:
+        return AS_STORED, 1.0
+    view = radiological_view(np.asarray(affine), chosen.slice_axis)
+    return view, pixel_aspect(affine, chosen.slice_axis, view)
 
 
 def learning_rates(optimizers: Sequence[torch.optim.Optimizer], names: Sequence[str] | None = None

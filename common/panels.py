@@ -4,8 +4,8 @@ A panel row shows one slice as input | prediction | reference | error. The input
 one intensity window (a bias of the prediction shows as a brighter or darker middle column); the error is drawn
 on a window symmetric around 0 (red: prediction above the reference, blue: below). For segmentation the
 prediction and the reference are masks drawn over the input image, and the error column marks false positives
-red and false negatives blue. Small slices are enlarged by an integer factor, nearest neighbour, so that each
-voxel stays a sharp square.
+red and false negatives blue. Small slices are enlarged by integer factors, nearest neighbour, so that each
+voxel stays a sharp rectangle in the proportions of its size in mm.
 
 Orientation: `radiological_view(affine, slice_axis)` reads the affine of the volume a slice was cut from and
 returns the transpose / flips that put it on screen the way a radiology viewer does (patient's right on the
@@ -134,16 +134,29 @@ def signed_rgb(error: torch.Tensor, limit: float) -> torch.Tensor:
     return above + below
 
 
-def enlargement(height: int, width: int, min_size: int = 256, max_size: int = 1024) -> int:
-    """Returns the integer factor that brings the shorter side to >= `min_size` without the longer passing
-    `max_size` (1 when the slice is already that large)."""
-    factor = max(1, math.ceil(min_size / max(1, min(height, width))))
-    return max(1, min(factor, max_size // max(1, height, width)))
+def pixel_aspect(affine: np.ndarray | Sequence[Sequence[float]], slice_axis: int, view: DisplayView) -> float:
+    """Returns the height / width in mm of one voxel of a slice cut along `slice_axis`, as `view` displays it."""
+    sizes = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    first, second = (float(sizes[a]) for a in range(3) if a != slice_axis)
+    rows, cols = (second, first) if view.transpose else (first, second)
+    return rows / cols if rows > 0 and cols > 0 else 1.0
 
 
-def enlarge(rgb: torch.Tensor, factor: int) -> torch.Tensor:
-    """Returns `rgb` `[3, H, W]` enlarged `factor` times along H and W, nearest neighbour."""
-    return rgb.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2) if factor > 1 else rgb
+def enlargement(height: int, width: int, min_size: int = 256, max_size: int = 1024, aspect: float = 1.0
+                ) -> tuple[int, int]:
+    """Returns the integer (row, column) repeat factors that draw a `height` x `width` slice with voxels
+    `aspect` times as tall as wide (e.g. 2.5 mm slices in a coronal view of 0.8 mm pixels), its shorter side at
+    >= `min_size` pixels and its longer side within `max_size` where both can hold (1 when already that large)."""
+    stretch_rows, stretch_cols = (aspect, 1.0) if aspect >= 1 else (1.0, 1.0 / aspect)
+    rows, cols = height * stretch_rows, width * stretch_cols  # in units of the finer voxel side
+    factor = max(1, math.ceil(min_size / max(min(rows, cols), 1e-6)))
+    factor = max(1, min(factor, math.floor(max_size / max(rows, cols, 1.0))))
+    return max(1, round(factor * stretch_rows)), max(1, round(factor * stretch_cols))
+
+
+def enlarge(rgb: torch.Tensor, factors: tuple[int, int]) -> torch.Tensor:
+    """Returns `rgb` `[3, H, W]` with each row repeated `factors[0]` and each column `factors[1]` times."""
+    return rgb.repeat_interleave(factors[0], dim=1).repeat_interleave(factors[1], dim=2)
 
 
 def _caption_strip(texts: Sequence[str], widths: Sequence[int], gap: int, height: int = 18) -> torch.Tensor:
@@ -178,8 +191,8 @@ def _columns(image: torch.Tensor, prediction: torch.Tensor, reference: torch.Ten
 
 def panel_row(image: torch.Tensor, prediction: torch.Tensor, reference: torch.Tensor, *,
               view: DisplayView = AS_STORED, segmentation: bool = False,
-              window: tuple[float, float] | None = None, min_size: int = 256, max_size: int = 1024,
-              gap: int = 4) -> torch.Tensor:
+              window: tuple[float, float] | None = None, aspect: float = 1.0, min_size: int = 256,
+              max_size: int = 1024, gap: int = 4) -> torch.Tensor:
     """Returns one panel row `[3, H', W']` in [0, 1]: captions above input | prediction | reference | error.
 
     Args:
@@ -190,6 +203,8 @@ def panel_row(image: torch.Tensor, prediction: torch.Tensor, reference: torch.Te
         segmentation: draw `prediction` and `reference` as masks over `image`.
         window: intensity window `(lo, hi)` shared by the grey columns; default the 0.5 and 99.5 % quantiles of
             the reference (of the input for segmentation).
+        aspect: voxel height / width in mm as displayed (`pixel_aspect`): anisotropic voxels are drawn in
+            proportion.
         min_size, max_size: see `enlargement`.
         gap: grey pixels between columns.
 
@@ -201,8 +216,8 @@ def panel_row(image: torch.Tensor, prediction: torch.Tensor, reference: torch.Te
                          f"{tuple(prediction.shape)}, {tuple(reference.shape)}")
     image, prediction, reference = (view.apply(t.detach().float().cpu()) for t in (image, prediction, reference))
     columns, captions = _columns(image, prediction, reference, segmentation, window)
-    factor = enlargement(image.shape[0], image.shape[1], min_size=min_size, max_size=max_size)
-    columns = [enlarge(c, factor) for c in columns]
+    factors = enlargement(image.shape[0], image.shape[1], min_size=min_size, max_size=max_size, aspect=aspect)
+    columns = [enlarge(c, factors) for c in columns]
     height, width = columns[0].shape[1:]
     separator = torch.full((3, height, gap), GAP_GREY)
     body = torch.cat([part for c in columns for part in (c, separator)][:-1], dim=2)

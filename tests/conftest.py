@@ -84,9 +84,9 @@ class LoggedRun:
             image = self.events.Images(tag)[-1]
             assert image.height >= 256 + self.CAPTION_PX and image.width >= 4 * 256, (tag, image.width, image.height)
 
-    def columns(self, tag: str, slice_width: int) -> list:
+    def columns(self, tag: str, slice_shape: tuple[int, ...]) -> list:
         """Returns the last panel of `tag` as its 4 columns, float `[h, w, 3]` in [0, 1], shrunk back to one pixel
-        per voxel (`slice_width`: the displayed slice's width in voxels)."""
+        per voxel (`slice_shape`: the displayed slice's rows and columns in voxels)."""
         import io
 
         import numpy as np
@@ -95,8 +95,8 @@ class LoggedRun:
         png = self.events.Images(tag)[-1].encoded_image_string
         body = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)[self.CAPTION_PX:] / 255
         width = (body.shape[1] - 3 * self.GAP_PX) // 4
-        factor = width // slice_width
-        return [body[:, k * (width + self.GAP_PX): k * (width + self.GAP_PX) + width][::factor, ::factor]
+        rows, cols = body.shape[0] // slice_shape[0], width // slice_shape[1]  # voxels drawn in proportion
+        return [body[:, k * (width + self.GAP_PX): k * (width + self.GAP_PX) + width][::rows, ::cols]
                 for k in range(4)]
 
 

@@ -15,6 +15,7 @@ from common.panels import (
     DisplayView,
     enlargement,
     panel_row,
+    pixel_aspect,
     radiological_view,
 )
 
@@ -72,8 +73,19 @@ def test_radiological_view_of_common_layouts():
 
 
 def test_enlargement_reaches_256_pixels_without_passing_the_cap():
-    assert enlargement(64, 64) == 4 and enlargement(16, 20) == 16 and enlargement(300, 320) == 1
-    assert enlargement(16, 512) == 2  # the long side stops at 1024 px
+    assert enlargement(64, 64) == (4, 4) and enlargement(16, 20) == (16, 16) and enlargement(300, 320) == (1, 1)
+    assert enlargement(16, 512) == (2, 2)  # the long side stops at 1024 px
+    # 32 slices of 2.5 mm by 128 pixels of 0.8 mm: 288 x 384 px, the voxels 3 times as tall as wide
+    assert enlargement(32, 128, aspect=2.5 / 0.8) == (9, 3)
+    assert enlargement(128, 32, aspect=0.8 / 2.5) == (3, 9)
+
+
+def test_pixel_aspect_follows_the_displayed_axes():
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    coronal = radiological_view(affine, 1)  # [x, z]: z becomes the rows
+    assert coronal.transpose and pixel_aspect(affine, 1, coronal) == pytest.approx(2.5 / 0.8)
+    assert pixel_aspect(affine, 1, AS_STORED) == pytest.approx(0.8 / 2.5)
+    assert pixel_aspect(affine, 2, radiological_view(affine, 2)) == pytest.approx(1.0)
 
 
 def test_panel_row_shares_one_window_so_a_bias_shows():

@@ -28,5 +28,5 @@ def test_demo_run_logs_shared_scalars_and_oriented_panels(raw32: Path, tmp_path:
     lo, hi = intensity_window(shown)
     expected = ((shown - lo) / (hi - lo)).clamp(0, 1).numpy()
     assert not np.allclose(expected, expected[::-1, ::-1], atol=0.02)
-    reference = run.columns(tag, expected.shape[1])[2][..., 0]
+    reference = run.columns(tag, expected.shape)[2][..., 0]
     assert reference.shape == expected.shape and np.abs(reference - expected).max() <= 1.5 / 255

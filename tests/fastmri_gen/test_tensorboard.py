@@ -23,5 +23,5 @@ def test_demo_run_logs_shared_scalars_and_panels(fastmri_root: Path, tmp_path: P
         index = int(np.argmax(target.mean(axis=(1, 2))))  # the slice with the most signal
         lo, hi = (float(v) for v in intensity_window(torch.from_numpy(target[index])))
         expected = np.clip((target[index] - lo) / (hi - lo), 0, 1)
-        reference = run.columns(f"val/{path.name}/z{index}", target.shape[2])[2][..., 0]
+        reference = run.columns(f"val/{path.name}/z{index}", target.shape[1:])[2][..., 0]
         assert np.abs(reference - expected).max() <= 1.5 / 255

@@ -22,7 +22,7 @@ def test_demo_run_logs_shared_scalars_and_oriented_mask_panels(synthetic_cache, 
         view = radiological_view(cache.affine(case), 2)
         label = view.apply(torch.from_numpy(np.asarray(cache.load(case, "label")[:, :, index], np.float32)))
         image = view.apply(torch.from_numpy(np.asarray(cache.load(case, "image")[:, :, index], np.float32)))
-        columns = run.columns(tag, label.shape[1])
+        columns = run.columns(tag, label.shape)
         assert np.abs(columns[0][..., 0] - image.clamp(0, 1).numpy()).max() <= 1.5 / 255  # window [0, 1]
         drawn = np.abs(columns[2] - columns[0]).max(axis=-1) > 0.02  # the reference overlay
         assert np.array_equal(drawn, label.numpy() > 0)

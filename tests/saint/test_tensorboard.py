@@ -32,5 +32,11 @@ def test_demo_run_logs_shared_scalars_and_oriented_panels(cache_dir: Path, tmp_p
     lo, hi = CT_PANEL_WINDOW
     expected = np.clip((shown - lo) / (hi - lo), 0, 1)
     assert not np.allclose(expected, expected[::-1, ::-1], atol=0.02)  # a flipped panel would not pass
-    reference = run.columns(tag, expected.shape[1])[2][..., 0]
+    reference = run.columns(tag, expected.shape)[2][..., 0]
     assert reference.shape == expected.shape and np.abs(reference - expected).max() <= 1.5 / 255
+    # z (rows, e.g. 1.25 mm) against x (columns, 0.9 mm): each voxel drawn in proportion, taller than wide
+    sx, _, sz = np.linalg.norm(cache.affine(case)[:3, :3], axis=0)
+    panel = run.events.Images(tag)[-1]
+    row_px = (panel.height - run.CAPTION_PX) / expected.shape[0]
+    col_px = (panel.width - 3 * run.GAP_PX) / 4 / expected.shape[1]
+    assert sz > sx and abs(row_px / col_px - sz / sx) <= 0.5 / col_px

@@ -31,6 +31,6 @@ def test_demo_run_logs_shared_scalars_and_oriented_mask_panels(tmp_path: Path, l
         assert index == int(np.argmax(lesion.reshape(len(lesion), -1).sum(1)))
         shown = radiological_view(cache.affine(scan), 2).apply(torch.from_numpy(lesion[index].astype(np.float32)))
         assert not torch.equal(shown, shown.flip(0)) and not torch.equal(shown, shown.flip(1))
-        columns = run.columns(tag, shown.shape[1])
+        columns = run.columns(tag, shown.shape)
         drawn = np.abs(columns[2] - columns[0]).max(axis=-1) > 0.02  # the reference overlay
         assert np.array_equal(drawn, shown.numpy() > 0)
