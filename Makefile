@@ -51,8 +51,14 @@ bench: install
 model-card: install
 	$(PY) -m common.model_card
 
+# TensorBoard on this machine only (127.0.0.1): a shared node's other users cannot reach it. To serve on every
+# interface, ask for it: `make tensorboard TB_BIND=--bind_all` (or TB_BIND="--host 0.0.0.0"); TB_PORT, TB_LOGDIR.
+TB_HOST ?= 127.0.0.1
+TB_BIND ?= --host $(TB_HOST)
+TB_PORT ?= 6006
+TB_LOGDIR ?= outputs/
 tensorboard: install
-	$(VENV)/bin/tensorboard --logdir outputs/ --bind_all
+	$(VENV)/bin/tensorboard --logdir $(TB_LOGDIR) $(TB_BIND) --port $(TB_PORT)
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -101,7 +101,7 @@ def quality_rows(out: Path, steps: int | None, planes: str, overrides: list[str]
     trained again, and `steps` / `planes` are read from it.
     """
     from projects.rstn.data import fold_cases
-    from projects.rstn.demo import run
+    from projects.rstn.demo import RUN_NAME, run
     from projects.rstn.eval import load_plane_model
 
     if reuse:
@@ -135,7 +135,7 @@ def quality_rows(out: Path, steps: int | None, planes: str, overrides: list[str]
                          "min": float(np.min(share)), "max": float(np.max(share))})
     case = test[0]
     image = np.asarray(cache.load(case, "image"), np.float32)
-    models = {p: load_plane_model(out / "run" / p / "checkpoints" / "last.ckpt") for p in planes}
+    models = {p: load_plane_model(out / RUN_NAME / p / "checkpoints" / "last.ckpt") for p in planes}
 
     def c2f() -> None:
         with torch.no_grad():

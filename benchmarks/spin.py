@@ -98,7 +98,7 @@ def _train_and_score(name: str, out: Path, overrides: list[str], data_root: Path
     seconds = time.perf_counter() - start
     cache = VolumeCache(data_root / "cache")
     test_ids = load_split(data_root / "split.json")["test"]
-    module = load_module(cfg, out / "run" / "checkpoints" / "best.ckpt").eval()
+    module = load_module(cfg, Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt").eval()
     fn = logits_function(module)
     scores = score_masks(lambda s: predict_volume(fn, np.asarray(volume_xyz(cache, s, "t1")),
                                                   int(cfg.data.n_chunk)), cache, test_ids)

@@ -9,8 +9,9 @@ The optimisation is manual, so the two networks take turns within a batch the wa
 Config keys, the same in every project: `optimizer` (the generator, i.e. the network) and `d_optimizer` (the
 discriminator), both partial optimiser configs, and the optional partial LR schedulers `scheduler` and
 `d_scheduler`, stepped once at the end of each training epoch (manual optimisation leaves scheduler stepping to
-the module). The parameter groups are named `generator` and `discriminator`, so Lightning's `LearningRateMonitor`
-logs `lr-<Optimiser>/generator` and `lr-<Optimiser>[-1]/discriminator`. Mixed precision comes from the Trainer's
+the module). The optimisers are named `generator` and `discriminator`, so their learning rates are logged as `lr/generator` and
+`lr/discriminator` (`common.callbacks.LearningRates`); the generator's loss is `train/loss` (and its epoch mean
+`train/loss_epoch`, `common.module.log_train_loss`). Mixed precision comes from the Trainer's
 `precision`: `manual_backward` and the optimisers' `step` go through Lightning's precision plugin.
 
 A subclass builds `self.discriminator` (or sets it to None: no adversary) and defines `generator_parameters`,
@@ -25,6 +26,8 @@ import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
 from torch import nn
+
+from common.module import log_train_loss
 
 GENERATOR_GROUP = "generator"
 DISCRIMINATOR_GROUP = "discriminator"
@@ -70,8 +73,6 @@ class AdversarialModule(pl.LightningModule):
         d_scheduler: optional partial LR scheduler config of the discriminator's optimiser.
     """
 
-    #: log the training scalars' epoch means too (`on_epoch=True`), besides their per-step values
-    log_epoch_means: bool = False
     discriminator: nn.Module | None
 
     def __init__(self, optimizer: Any = None, d_optimizer: Any = None, scheduler: Any = None,
@@ -79,6 +80,7 @@ class AdversarialModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(logger=False)  # also records the subclass's arguments
         self.automatic_optimization = False
+        self.optimizer_names = (GENERATOR_GROUP, DISCRIMINATOR_GROUP)  # TensorBoard: lr/generator, lr/discriminator
 
     # ------------------------------------------------------------------ what a subclass defines
 
@@ -144,9 +146,8 @@ class AdversarialModule(pl.LightningModule):
                 d_loss = self.discriminator_loss(batch, step.output)
                 self._update(optimizers[1], d_loss)
             logs["train/d_loss"] = d_loss.detach()
-        self.log("train/loss", step.loss.detach(), prog_bar=True, on_step=True, on_epoch=self.log_epoch_means,
-                 batch_size=step.batch_size)
-        self.log_dict(logs, on_step=True, on_epoch=self.log_epoch_means, batch_size=step.batch_size)
+        log_train_loss(self, step.loss.detach(), step.batch_size)
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=step.batch_size)
         return step.loss.detach()
 
     def on_train_epoch_end(self) -> None:

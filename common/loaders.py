@@ -1,9 +1,14 @@
-"""DataLoader settings that fit the machine a run lands on (`num_workers=auto`, pinned memory on a GPU)."""
+"""DataLoader settings that fit the machine a run lands on (`num_workers=auto`, pinned memory on a GPU), and the
+case geometry a cached DataModule offers to the TensorBoard panels."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+import numpy as np
+
+from common.io.cache import VolumeCache
 
 MAX_WORKERS = 8  # past this, workers mostly compete with each other for the disk and the training loop's cores
 
@@ -52,3 +57,15 @@ def loader_options(num_workers: int | str | None, trainer: Any = None) -> dict[s
     workers = worker_count(num_workers, processes)
     on_gpu = trainer is not None and type(getattr(trainer, "accelerator", None)).__name__ == "CUDAAccelerator"
     return {"num_workers": workers, "pin_memory": on_gpu, "persistent_workers": workers > 0}
+
+
+class CachedCaseAffines:
+    """Mixin of a LightningDataModule whose `hparams.cache_dir` is a `VolumeCache`: its cases' affines.
+
+    `common.callbacks.ImagePanels` reads `case_affine` to show validation slices in radiological orientation.
+    """
+
+    def case_affine(self, case_id: str) -> np.ndarray | None:
+        """Returns the float64 `[4, 4]` affine of the cached case's arrays, None if the cache holds none."""
+        cache = VolumeCache(self.hparams.cache_dir)  # type: ignore[attr-defined]
+        return cache.affine(case_id) if case_id in cache else None

@@ -5,8 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+
+
+def log_train_loss(module: pl.LightningModule, loss: torch.Tensor, batch_size: int) -> None:
+    """Logs the training loss under the names every project shares.
+
+    `train/loss` is the value of each logged step (and the progress bar's), `train/loss_epoch` its mean over the
+    epoch. Logging one key with both `on_step` and `on_epoch` would instead rename it `train/loss_step`.
+    """
+    module.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+    module.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=batch_size)
 
 
 class ConfiguredModule(pl.LightningModule):

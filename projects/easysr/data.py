@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.errors import DataError
 from common.io.cache import VolumeCache
-from common.loaders import loader_options
+from common.loaders import CachedCaseAffines, loader_options
 from common.prepare import not_prepared
 from projects.easysr.prepare import RAW_HINT, SOURCE, build_cache, cached_splits, case_id, find_volumes
 
@@ -114,7 +114,7 @@ def _sample(lr: np.ndarray, hr: np.ndarray, cid: str, augment: bool) -> SRSample
     return SRSample(lr_t, hr_t, cid)
 
 
-class EasySRDataModule(pl.LightningDataModule):
+class EasySRDataModule(CachedCaseAffines, pl.LightningDataModule):
     """Builds the cache from the raw NIfTI folder if needed, then serves train / val / test pairs.
 
     Args:

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     raw = out / "data" / "train_data"
     write_data(raw)
     overrides = ["experiment=demo", f"paths.data_dir={out / 'data'}", f"data.raw_dir={raw}",
-                 f"paths.output_dir={out / 'run'}", "callbacks=minimal"]
+                 f"paths.output_dir={out / 'demo'}"]  # the run folder: TensorBoard lists `.../easysr/demo/tb/...`
     if args.epochs:
         overrides.append(f"trainer.max_epochs={args.epochs}")
     GlobalHydra.instance().clear()
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     results = train(cfg)
     train_seconds = time.perf_counter() - start
-    module = load_module(cfg, out / "run" / "checkpoints" / "best.ckpt")
+    module = load_module(cfg, out / "demo" / "checkpoints" / "best.ckpt")
     scan_path = thick_slice_scan(out / "data", seed=SPLITS["test"][0])
     from common.io import load_nifti
 

@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from common.adversarial import AdversarialModule, GeneratorStep
+from common.callbacks import PanelBatch
 from projects.easysr.data import SRSample
 from projects.easysr.infer import upsample_normalised
 from projects.easysr.metrics import score_case
@@ -50,7 +51,6 @@ class EasySRModule(AdversarialModule):
         eval_ssim: compute the slice-wise SSIM during validation (slow on big volumes; always on in test).
     """
 
-    log_epoch_means = True
 
     def __init__(self, generator: DictConfig | dict, discriminator: DictConfig | dict,
                  optimizer: DictConfig | dict, d_optimizer: DictConfig | dict,
@@ -111,7 +111,7 @@ class EasySRModule(AdversarialModule):
         return 0.5 * (self._gan_loss(self.discriminator(batch.hr), real=True)
                       + self._gan_loss(self.discriminator(sr.detach()), real=False))
 
-    def _evaluate(self, batch: SRSample, stage: str, with_ssim: bool) -> dict[str, Any]:
+    def _evaluate(self, batch: SRSample, stage: str, with_ssim: bool) -> dict[str, PanelBatch]:
         lr, hr = batch.lr, batch.hr
         scale = int(self.generator.scale)
         sr = upsample_normalised(self.generator, lr[0, 0], self.hparams.eval_patch)
@@ -123,11 +123,12 @@ class EasySRModule(AdversarialModule):
             self.test_scores[str(batch.case_id[0])] = scores
         for name, value in scores.items():
             self.log(f"{stage}/{name}", value, on_epoch=True, batch_size=1, sync_dist=True)
+        # The centre slice along array axis 0: the thick axis (1) lies in the slice, so the panel shows it.
         mid = hr.shape[2] // 2
-        sr_t = sr[None, mid].to(hr.device)
-        lr_view = lr[:, 0, mid].repeat_interleave(scale, dim=1)
-        return {"panels": {"input": lr_view, "prediction": sr_t, "reference": hr[:, 0, mid],
-                           "error": sr_t - hr[:, 0, mid]}}
+        lr_view = lr[:, 0, mid].repeat_interleave(scale, dim=1)  # each thick slice repeated: nearest
+        return {"panels": PanelBatch(input=lr_view, prediction=sr[None, mid], reference=hr[:, 0, mid],
+                                     case_ids=list(batch.case_id), slice_index=[mid], slice_axis=0,
+                                     axis_name="d")}
 
     def validation_step(self, batch: SRSample, batch_idx: int) -> dict[str, Any]:
         return self._evaluate(batch, "val", self.hparams.eval_ssim)

@@ -40,12 +40,13 @@ def run(out: Path, epochs: int | None = None, volumes: tuple[int, int, int] = (1
                              slices=8, size=64, seed=0)
     common = ["experiment=demo", f"data.data_dir={data}", f"data.cache_dir={out / 'index'}"]
     extra = [f"trainer.max_epochs={epochs}"] if epochs else []
-    cfg = compose_cfg("train", [*common, *extra, f"paths.output_dir={out / 'run'}", "test_after_fit=false"])
+    # the run folder is named after the experiment: TensorBoard lists `.../fastmri_gen/demo/tb/...`
+    cfg = compose_cfg("train", [*common, *extra, f"paths.output_dir={out / 'demo'}", "test_after_fit=false"])
     start = time.perf_counter()
     train(cfg)
     train_seconds = time.perf_counter() - start
     scoring = [*common, f"eval.split={HOLDOUT}", "eval.accelerations=[4]"]
-    best = out / "run" / "checkpoints" / "best.ckpt"
+    best = out / "demo" / "checkpoints" / "best.ckpt"
     model = evaluate(compose_cfg("eval", [*scoring, f"ckpt_path={best}", f"paths.output_dir={out / 'eval_model'}"]))
     baseline = evaluate(compose_cfg("eval", [*scoring, "model=zero_filled", f"paths.output_dir={out / 'eval_zf'}"]))
     model_x4, zf_x4 = model["x4"], baseline["x4"]

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from common.adversarial import AdversarialModule, GeneratorStep, r1_penalty
+from common.callbacks import PanelBatch
 from common.io import save_json
 from common.metrics import ReconstructionVolumeMetric
 from projects.fastmri_gen.data import Sample
@@ -271,9 +272,11 @@ class ReconstructionModule(AdversarialModule):
             if key in self.metrics:
                 self.metrics[key].update(raw[rows], batch.target[rows], [batch.fname[i] for i in rows],
                                          batch.slice_num[rows], data_range=peak[rows])
-        zero_filled = batch.zero_filled[:, 0]
-        return {"prediction": raw, "panels": {"input": zero_filled, "prediction": raw, "reference": batch.target,
-                                              "error": raw - batch.target}}
+        # Slices as stored (fastMRI images are displayed as read); the slice with the most signal of each volume.
+        panels = PanelBatch(input=batch.zero_filled[:, 0], prediction=raw, reference=batch.target,
+                            case_ids=list(batch.fname), slice_index=batch.slice_num, axis_name="z",
+                            score=batch.target.float().mean(dim=(1, 2)))
+        return {"prediction": raw, "panels": panels}
 
     def _log_metrics(self, stage: str) -> None:
         # every rank computes every metric (a collective call under DDP); accelerations not seen are NaN

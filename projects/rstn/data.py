@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from common.errors import DataError
 from common.io.cache import VolumeCache
 from common.io.layout import CacheLayout
-from common.loaders import loader_options
+from common.loaders import CachedCaseAffines, loader_options
 from common.prepare import not_prepared
 from common.splits import load_split
 
@@ -169,7 +169,7 @@ def collate(samples: list[SliceSample]) -> SliceSample:
                        [s.case_id for s in samples], torch.tensor([s.slice_index for s in samples]))  # type: ignore[arg-type]
 
 
-class RSTNDataModule(pl.LightningDataModule):
+class RSTNDataModule(CachedCaseAffines, pl.LightningDataModule):
     """Training slices of a fold's training cases, validation / test volumes slice by slice.
 
     Args:

@@ -32,6 +32,10 @@ from projects.rstn.predict import predict_volume, protocol_of
 from projects.rstn.prepare import prepare_synthetic
 from projects.rstn.train import train_planes
 
+# The run folder of `experiment=demo` on fold 0 (`<experiment>_fd<fold>`, one sub-folder per plane), so that
+# TensorBoard lists the runs as `.../rstn/demo_fd0/<plane>/tb/...`.
+RUN_NAME = "demo_fd0"
+
 
 def _compose(config: str, overrides: list[str]):
     GlobalHydra.instance().clear()
@@ -71,7 +75,7 @@ def run(out: Path, n_cases: int = 16, shape: tuple[int, int, int] = (128, 128, 3
     set_threads(threads or "auto")
     cache_dir = out / "cache"
     prepare_synthetic(cache_dir, n_cases, shape, seed=0)
-    common = [f"paths.output_dir={out / 'run'}", f"data.cache_dir={cache_dir}", "data.synthetic=null",
+    common = [f"paths.output_dir={out / RUN_NAME}", f"data.cache_dir={cache_dir}", "data.synthetic=null",
               f"data.split_file={cache_dir / 'splits.json'}", f"paths.outputs_root={out}"]
     start = time.perf_counter()
     budget = [f"trainer.max_steps={steps}"] if steps else []
@@ -79,11 +83,11 @@ def run(out: Path, n_cases: int = 16, shape: tuple[int, int, int] = (128, 128, 3
         seconds = int(60 * max_minutes / len(planes))
         budget.append(f"+trainer.max_time=00:00:{seconds // 60:02d}:{seconds % 60:02d}")
     for plane in planes:
-        cfg = _compose("train", ["experiment=demo", f"plane={plane}", "logger=none", "test_after_fit=false",
+        cfg = _compose("train", ["experiment=demo", f"plane={plane}", "test_after_fit=false",
                                  "+trainer.enable_progress_bar=false", *budget, *common, *overrides])
         train_planes(cfg)
     train_seconds = time.perf_counter() - start
-    ckpts = {p: out / "run" / p / "checkpoints" / "last.ckpt" for p in planes}
+    ckpts = {p: out / RUN_NAME / p / "checkpoints" / "last.ckpt" for p in planes}
     cfg = _compose("eval", ["experiment=demo", f"eval.out_dir={out / 'eval'}", "eval.fine_batch_size=16",
                             f"eval.planes=[{','.join(planes)}]", *common, *overrides,
                             *[f"checkpoints.{p}={path}" for p, path in ckpts.items()]])
@@ -109,7 +113,7 @@ def run(out: Path, n_cases: int = 16, shape: tuple[int, int, int] = (128, 128, 3
               "baseline": "intensity window in a prior box + large components (tuned on training cases)",
               "baseline_value": float(np.mean(baseline)), "baseline_train_value": baseline_train,
               "n_cases": len(test), "prediction": str(pred_path), "train_seconds": round(train_seconds, 1),
-              "train_steps": _steps(out / "run", planes), "rounds": [c["rounds"] for c in details.values()],
+              "train_steps": _steps(out / RUN_NAME, planes), "rounds": [c["rounds"] for c in details.values()],
               "threads": torch.get_num_threads()}
     save_json(out / "result.json", result)
     return result

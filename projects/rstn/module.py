@@ -11,13 +11,14 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from common.callbacks import PanelBatch
 from common.errors import DataError
 from common.metrics import SegmentationVolumeMetric
-from common.module import ConfiguredModule
+from common.module import ConfiguredModule, log_train_loss
 from common.weights import load_third_party, require_keys
-from projects.rstn.data import SliceSample
+from projects.rstn.data import SliceSample, plane_axis
 from projects.rstn.metrics import score_counts
-from projects.rstn.model import RSTN, crop_box, rstn_loss, sample_margins, stage_losses
+from projects.rstn.model import RSTN, rstn_loss, sample_margins, stage_losses
 
 MODES = ("S", "I", "J")
 log = logging.getLogger(__name__)
@@ -118,13 +119,13 @@ class RSTNModule(ConfiguredModule):
         w = self.hparams.coarse_weight
         loss = w * loss_coarse + (1 - w) * loss_fine
         size = batch.image.shape[0]
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
-        self.log("train/loss_coarse", loss_coarse, on_step=True, on_epoch=True, batch_size=size)
-        self.log("train/loss_fine", loss_fine, on_step=True, on_epoch=True, batch_size=size)
+        log_train_loss(self, loss, size)
+        self.log("train/loss_coarse", loss_coarse, on_step=True, on_epoch=False, batch_size=size)
+        self.log("train/loss_fine", loss_fine, on_step=True, on_epoch=False, batch_size=size)
         self.log("train/mode", float(MODES.index(self.mode)), on_step=False, on_epoch=True, batch_size=size)
         return loss
 
-    def _evaluate(self, batch: SliceSample, stage: str) -> dict[str, Any]:
+    def _evaluate(self, batch: SliceSample, stage: str) -> dict[str, PanelBatch]:
         """One round of coarse-to-fine on each slice triplet: coarse mask, then the fine stage in its box."""
         batch = self._layout(batch)
         p_coarse = self.net.forward_coarse(batch.image)
@@ -136,14 +137,17 @@ class RSTNModule(ConfiguredModule):
         self.log(f"{stage}/loss", rstn_loss(p_coarse, p_fine, batch.label, self.hparams.coarse_weight,
                                                  self.hparams.batch_dice),
                  batch_size=batch.image.shape[0])
-        box = torch.zeros_like(p_coarse[:, centre])
-        y0, y1, x0, x1 = crop_box(mask[:1], self.hparams.margin)
-        box[0, y0:y1, x0:x1] = 0.5
-        box[0, y0:y1, x0:x1][1:-1, 1:-1] = 0.0
-        return {"panels": {"input": batch.image[:, centre], "coarse_mask": mask[:, centre].float(),
-                           "crop_box": batch.image[:, centre] * 0.5 + box, "prediction": p_fine[:, centre],
-                           "reference": batch.label[:, centre],
-                           "error": (p_fine[:, centre] >= 0.5).float() - batch.label[:, centre]}}
+        label = batch.label[:, centre]
+        plane = self._plane()
+        return {"panels": PanelBatch(input=batch.image[:, centre], prediction=p_fine[:, centre], reference=label,
+                                     case_ids=list(batch.case_id), slice_index=batch.slice_index,
+                                     slice_axis=plane_axis(plane), axis_name=plane.lower(), segmentation=True,
+                                     window=(0.0, 1.0), score=label.sum(dim=(1, 2)))}
+
+    def _plane(self) -> str:
+        """Returns the plane of the validation slices: the datamodule's (the module itself serves any plane)."""
+        datamodule = getattr(self._trainer, "datamodule", None)
+        return str(getattr(datamodule, "hparams", {}).get("plane", "Z"))
 
     def _log_volume_scores(self, stage: str) -> None:
         for key, metric in self.metrics.items():

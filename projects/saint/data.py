@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from common.errors import DataError
 from common.io.cache import VolumeCache
 from common.io.layout import CacheLayout
-from common.loaders import loader_options
+from common.loaders import CachedCaseAffines, loader_options
 from common.prepare import not_prepared
 from common.splits import carve_by_count, load_split
 from projects.saint.model import distance_map
@@ -206,7 +206,7 @@ def fusion_file(folder: str | Path, case_id: str, f: int) -> Path:
     return Path(folder) / f"{case_id}_x{f}.npy"
 
 
-class SaintDataModule(pl.LightningDataModule):
+class SaintDataModule(CachedCaseAffines, pl.LightningDataModule):
     """Stage-1 data: MSR plane samples for training, whole volumes for validation and test.
 
     Args:

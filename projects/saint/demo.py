@@ -117,14 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"saint demo: {threads} torch thread(s), load average {os.getloadavg()[0]:.1f}")
     write_demo_msd(out / "msd")
     prepare([out / "msd"], out / "cache")
-    common = [f"data.cache_dir={out / 'cache'}", "logger=none"]
+    # Each stage's run folder is named after its experiment: TensorBoard lists `demo/saint/<experiment>/tb/...`.
+    common = [f"data.cache_dir={out / 'cache'}"]
     t0 = time.perf_counter()
-    train_stage(args.experiment, out / "run_msr", [*common, f"trainer.max_steps={args.msr_steps}"])
-    msr_ckpt = out / "run_msr" / "checkpoints" / "best.ckpt"
-    train_stage("demo_rfn", out / "run_rfn", [*common, f"model.msr_ckpt={msr_ckpt}", f"data.stage1_dir={out / 'stage1'}",
+    train_stage(args.experiment, out / args.experiment, [*common, f"trainer.max_steps={args.msr_steps}"])
+    msr_ckpt = out / args.experiment / "checkpoints" / "best.ckpt"
+    train_stage("demo_rfn", out / "demo_rfn", [*common, f"model.msr_ckpt={msr_ckpt}", f"data.stage1_dir={out / 'stage1'}",
                                               f"trainer.max_steps={args.rfn_steps}", *_net_overrides(args.experiment)])
     train_seconds = time.perf_counter() - t0
-    final = out / "run_rfn" / "checkpoints" / "best.ckpt"
+    final = out / "demo_rfn" / "checkpoints" / "best.ckpt"
     scores = score_held_out(final, out / "cache", (4, 6))
     case = scores["cases"][-1]
     src = next((out / "msd" / "Task03_Liver").glob(f"images*/{case}.nii.gz"))

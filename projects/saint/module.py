@@ -16,7 +16,8 @@ import torch
 from omegaconf import DictConfig
 from torchmetrics import MeanMetric
 
-from common.module import ConfiguredModule
+from common.callbacks import PanelBatch
+from common.module import ConfiguredModule, log_train_loss
 from projects.saint.checkpoint import load_weights
 from projects.saint.evaluation import score_case
 from projects.saint.model import SAINT
@@ -36,6 +37,9 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, uni
 
 
 LOSSES = {"l1": masked_l1, "mse": masked_mse}
+# TensorBoard panels: the abdominal window (width 400 HU, level 40 HU) in cached units (HU + 1024), where the
+# soft-tissue detail the synthesised slices must restore is visible; air and bone saturate.
+CT_PANEL_WINDOW = (1024.0 - 160.0, 1024.0 + 240.0)
 
 
 class SaintModule(ConfiguredModule):
@@ -87,7 +91,7 @@ class SaintModule(ConfiguredModule):
         if not gw or self.hparams.gw_lr_scale == 1.0:
             return [{"params": rest + gw}]
         lr = float(self.hparams.optimizer["lr"]) * self.hparams.gw_lr_scale
-        return [{"params": rest}, {"params": gw, "lr": lr}]
+        return [{"params": rest, "name": "trunk"}, {"params": gw, "lr": lr, "name": "kernel_generator"}]
 
     def network_parameter_counts(self) -> dict[str, int]:
         """Returns the parameter counts of the two networks (frozen ones included): `msr`, `rfn`."""
@@ -111,7 +115,7 @@ class SaintModule(ConfiguredModule):
         else:
             pred = self.net.RFN(self._layout(batch["views"]))
         loss = LOSSES[self.hparams.loss](pred, batch["target"], batch["mask"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["target"]))
+        log_train_loss(self, loss, len(batch["target"]))
         return loss
 
     def synthesise(self, item: dict[str, Any], fuse: str | None = None) -> tuple[torch.Tensor, ...]:
@@ -123,7 +127,7 @@ class SaintModule(ConfiguredModule):
         fused = self.net.fuse(view_x, view_y, fuse or self.hparams.eval_fuse)
         return fused, view_x, view_y
 
-    def _score(self, item: dict[str, Any], with_ssim: bool) -> dict[str, torch.Tensor]:
+    def _score(self, item: dict[str, Any], with_ssim: bool) -> PanelBatch:
         fused, _, _ = self.synthesise(item)
         f, hr = item["f"], item["hr"]
         weight = float(hr.shape[2])  # per-volume scores are weighted by the number of slices
@@ -132,10 +136,16 @@ class SaintModule(ConfiguredModule):
             for key in (name, f"{name}_x{f}"):
                 if key in self.scores:
                     self.scores[key].update(torch.tensor(value), weight)
-        centre = hr.shape[1] // 2
-        lr_line = item["lr"][:, centre].repeat_interleave(f, dim=-1)
-        return {"input": lr_line[None], "prediction": fused[:, centre][None], "reference": hr[:, centre][None],
-                "error": (fused - hr)[:, centre][None]}
+        return self._panels(item, fused)
+
+    @staticmethod
+    def _panels(item: dict[str, Any], fused: torch.Tensor) -> PanelBatch:
+        """Returns the plane of constant y through the volume's centre (the through-plane axis z in view)."""
+        f, hr, centre = item["f"], item["hr"], item["hr"].shape[1] // 2
+        lr_plane = item["lr"][:, centre].repeat_interleave(f, dim=-1)  # each thick slice repeated: nearest along z
+        return PanelBatch(input=lr_plane[None], prediction=fused[:, centre][None], reference=hr[:, centre][None],
+                          case_ids=[item["case_id"]], slice_index=[centre], slice_axis=1, axis_name="y",
+                          names=[f"{item['case_id']}_x{f}"], window=CT_PANEL_WINDOW)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         return {"panels": self._score(batch, with_ssim=False)}

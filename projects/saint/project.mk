@@ -7,7 +7,7 @@ SAINT_DEMO_OUT := outputs/demo/saint
 # CKPT / DATA are read only when given on the command line or in the environment, so that other projects'
 # defaults for the same names never leak in.
 saint_given = $(if $(filter command line environment,$(origin $(1))),$($(1)),$(2))
-SAINT_CKPT = $(abspath $(call saint_given,CKPT,$(SAINT_DEMO_OUT)/run_rfn/checkpoints/best.ckpt))
+SAINT_CKPT = $(abspath $(call saint_given,CKPT,$(SAINT_DEMO_OUT)/demo_rfn/checkpoints/best.ckpt))
 SAINT_DATA = $(abspath $(call saint_given,DATA,$(SAINT_DEMO_OUT)/cache))
 SAINT_MSD ?= $(or $(MSD),$(MEDIMG_DATA)/raw/MSD)
 

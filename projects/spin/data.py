@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from common.errors import DataError
 from common.io.cache import VolumeCache
 from common.io.layout import CacheLayout
-from common.loaders import loader_options
+from common.loaders import CachedCaseAffines, loader_options
 from common.prepare import not_prepared
 from projects.spin.splits import resolve_split
 
@@ -197,7 +197,7 @@ class ATLASScanSlices(Dataset):
         small_max_px: component size limit of the small-lesion rule.
         slice_stride: keep every n-th slice (1 = all; larger values give a cheaper, approximate validation).
         lesion_first: move this many items to the front: each scan's slice with the largest lesion, in turn
-            (the image panels show the first validation batches; the metrics do not depend on the order).
+            (the image panels show the cases met first; the metrics do not depend on the order).
     """
 
     def __init__(self, cache_dir: str | os.PathLike, case_ids: list[str], n_chunk: int = 5,
@@ -223,7 +223,7 @@ class ATLASScanSlices(Dataset):
                            is_small_lesion_slice(mask, self.small_max_px))
 
 
-class ATLASDataModule(pl.LightningDataModule):
+class ATLASDataModule(CachedCaseAffines, pl.LightningDataModule):
     """Train / validation / test loaders of a subject-disjoint split of the cached scans.
 
     Args:
@@ -286,7 +286,7 @@ class ATLASDataModule(pl.LightningDataModule):
         return self._loader(dataset, hp.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        # The image panels show the first validation batch: put each scan's largest-lesion slice there.
+        # The image panels show the cases met first: put each scan's largest-lesion slice at the front.
         val = self._eval_set("val", self.hparams.val_slice_stride, lesion_first=self.hparams.eval_batch_size)
         return self._loader(val, self.hparams.eval_batch_size, False)
 

@@ -33,11 +33,14 @@ from projects.spin.splits import load_split
 
 
 def compose_demo(out: Path, overrides: list[str] | None = None, experiment: str = "demo") -> DictConfig:
-    """Returns the composed ``experiment=demo`` (or another) config with its data and run folder under ``out``."""
+    """Returns the composed ``experiment=demo`` (or another) config with its data and run folder under ``out``.
+
+    The run folder is ``out/<experiment>``, so that TensorBoard lists the run as ``.../spin/<experiment>/tb/...``.
+    """
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_ROOT / "spin"), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}", f"data.root={out / 'data'}",
-                                          f"paths.output_dir={out / 'run'}", "test_after_fit=false",
+                                          f"paths.output_dir={out / experiment}", "test_after_fit=false",
                                           *(overrides or [])], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
@@ -81,8 +84,9 @@ def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     data_root = Path(cfg.data.root)
     cache = VolumeCache(data_root / "cache")
     split = load_split(data_root / "split.json")
-    ckpt = out / "run" / "checkpoints" / "best.ckpt"
-    module = load_module(cfg, ckpt if ckpt.exists() else out / "run" / "checkpoints" / "last.ckpt").eval()
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    module = load_module(cfg, ckpt if ckpt.exists() else run_dir / "checkpoints" / "last.ckpt").eval()
     logits_fn = logits_function(module)
 
     def predict(scan: str) -> np.ndarray:

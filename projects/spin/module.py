@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from common.callbacks import PanelBatch
 from common.metrics import SegmentationVolumeMetric, case_key
-from common.module import ConfiguredModule
+from common.module import ConfiguredModule, log_train_loss
 from projects.spin.augment import augment_batch
 from projects.spin.data import SliceSample
 from projects.spin.metrics import score_counts
@@ -87,7 +88,7 @@ class SegmentationModule(ConfiguredModule):
                                          zoom=tuple(self.hparams.zoom))
         logits = self(image)
         loss = self.loss_fn(logits.float(), label.float())
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=image.shape[0])
+        log_train_loss(self, loss, image.shape[0])
         return loss
 
     @staticmethod
@@ -95,7 +96,7 @@ class SegmentationModule(ConfiguredModule):
         scans = torch.tensor([case_key(c) % 2**31 for c in case_ids], dtype=torch.int64)
         return scans * _SLICE_KEY_STRIDE + slice_index.cpu().to(torch.int64)
 
-    def _evaluate(self, batch: SliceSample, stage: str) -> dict[str, Any]:
+    def _evaluate(self, batch: SliceSample, stage: str) -> dict[str, PanelBatch]:
         logits = self(batch.image).float()
         label = batch.label
         self.scan_metric.update(logits[:, 0], label[:, 0], list(batch.case_id), batch.slice_index)
@@ -104,10 +105,12 @@ class SegmentationModule(ConfiguredModule):
             keys = self._slice_keys(batch.case_id, batch.slice_index)[small.cpu()]
             self.small_metric.update(logits[small, 0], label[small, 0], [SMALL_POOL] * int(small.sum()), keys)
         self.log(f"{stage}/loss", self.loss_fn(logits, label.float()), batch_size=label.shape[0])
-        centre = batch.image[:, batch.image.shape[1] // 2: batch.image.shape[1] // 2 + 1]
-        pred = (logits > 0).float()
-        return {"panels": {"input": centre, "prediction": pred, "reference": label.float(),
-                           "error": pred - label.float()}}
+        # Axial slices [X, Y] of the RAS+ volume (the cache layout): the datamodule's affine orients them.
+        reference, centre = label[:, 0].float(), batch.image.shape[1] // 2
+        return {"panels": PanelBatch(input=batch.image[:, centre], prediction=(logits[:, 0] > 0).float(),
+                                     reference=reference, case_ids=list(batch.case_id),
+                                     slice_index=batch.slice_index, slice_axis=2, axis_name="z", segmentation=True,
+                                     score=reference.sum(dim=(1, 2)))}
 
     def _log_epoch(self, stage: str) -> None:
         scores = {f"{stage}/{k}": v.float() for k, v in self.scan_metric.compute().items()}

@@ -6,11 +6,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from common.adversarial import AdversarialModule, GeneratorStep, r1_penalty
+from common.callbacks import LearningRates
 
 ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-2}
 
@@ -91,18 +91,18 @@ def test_untrained_discriminator_keeps_its_weights_and_arguments_are_hyper_param
     assert module.hparams.width == 3 and module.hparams.optimizer == ADAM and not module.hparams.train_d
 
 
-def test_optimiser_groups_are_named_and_both_schedulers_step_once_per_epoch(tmp_path):
+def test_optimisers_are_named_and_both_schedulers_step_once_per_epoch(tmp_path):
     step = {"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": 1, "gamma": 0.5}
     module = ToyGAN(ADAM, {**ADAM, "lr": 4e-2}, step, step)
-    monitor = LearningRateMonitor(logging_interval="epoch")
-    trainer = _fit(module, epochs=2, logger=CSVLogger(tmp_path), callbacks=[monitor])
+    trainer = _fit(module, epochs=2, logger=CSVLogger(tmp_path), callbacks=[LearningRates()])
     groups = [opt.param_groups[0] for opt in trainer.optimizers]
     assert [g["name"] for g in groups] == ["generator", "discriminator"]
     assert [g["lr"] for g in groups] == pytest.approx([1e-2 / 4, 4e-2 / 4])
-    # the learning-rate monitor's names say which network; one value per epoch, before that epoch's step
-    assert sorted(monitor.lrs) == ["lr-Adam-1/discriminator", "lr-Adam/generator"]
-    assert monitor.lrs["lr-Adam/generator"] == pytest.approx([1e-2, 1e-2 / 2])
-    assert monitor.lrs["lr-Adam-1/discriminator"] == pytest.approx([4e-2, 4e-2 / 2])
+    # TensorBoard's names say which network: lr/generator, lr/discriminator, logged with the training scalars
+    logged = trainer.logged_metrics
+    assert {"lr/generator", "lr/discriminator"} <= set(logged)
+    assert float(logged["lr/generator"]) == pytest.approx(1e-2 / 2)  # epoch 2, before its scheduler step
+    assert float(logged["lr/discriminator"]) == pytest.approx(4e-2 / 2)
 
 
 def test_missing_discriminator_optimiser_is_named():

@@ -56,10 +56,12 @@ def test_tensorboard_scalars_panels_and_new_version_per_fresh_run(tmp_path, toy_
 
     train(_compose(tmp_path, "trainer.max_epochs=1", "test_after_fit=false", callbacks="default"))
     events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"images": 0}).Reload()
-    assert {"train/loss_step", "val/psnr", "val/loss"} <= set(events.Tags()["scalars"])
-    assert {"val/panels/0_0", "val/panels/0_1"} <= set(events.Tags()["images"])
-    panel = events.Images("val/panels/0_0")[0]
-    assert panel.width > 3 * panel.height  # input | prediction | reference | error side by side
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/loss_epoch", "val/psnr", "val/loss", "lr/adam"} <= scalars
+    assert not any(tag.endswith("_step") for tag in scalars)
+    assert set(events.Tags()["images"]) == {"val/case0/z0", "val/case1/z0", "val/case2/z0", "val/case3/z0"}
+    panel = events.Images("val/case0/z0")[0]
+    assert panel.height >= 256 and panel.width > 4 * 256  # input | prediction | reference | error, 16x enlarged
 
     train(_compose(tmp_path, "trainer.max_epochs=1", "test_after_fit=false"))
     assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["version_0", "version_1"]
@@ -109,7 +111,7 @@ def test_a_run_resumed_after_a_kill_logs_each_step_once(tmp_path, toy_on_path):
     assert sorted(p.name for p in (run / "tb").iterdir()) == ["version_0"]
     resumed, straight = _tag_steps(run / "tb" / "version_0"), _tag_steps(tmp_path / "straight" / "tb" / "version_0")
     assert resumed == straight  # the same (tag, step) points as a run never interrupted, each as often
-    assert max(step for tag, step in resumed if tag == "train/loss_step") == 15
+    assert max(step for tag, step in resumed if tag == "train/loss") == 15
 
 
 def _run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

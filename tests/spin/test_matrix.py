@@ -42,5 +42,5 @@ def _data(experiment: str, atlas_fixture: dict, tmp_path: Path) -> list[str]:
 def test_fast_dev_run(experiment: str, precision: str, atlas_fixture: dict, tmp_path: Path, fast_dev_run) -> None:
     metrics = fast_dev_run("spin", experiment, tmp_path / "run", _data(experiment, atlas_fixture, tmp_path),
                            precision)
-    assert math.isfinite(metrics["train/loss_step"]) and metrics["train/loss_step"] > 0
+    assert math.isfinite(metrics["train/loss"]) and metrics["train/loss"] > 0
     assert 0.0 <= metrics["val/dice"] <= 1.0

@@ -52,7 +52,7 @@ def test_paper_experiment_fast_dev_run(atlas_fixture: dict, tmp_path: Path) -> N
     cfg = _compose(["experiment=atlas_traintest", "debug=fdr", "data.batch_size=2", f"paths.output_dir={tmp_path}",
                     *_fixture_data(atlas_fixture), "data.eval_batch_size=4"])
     results = train(cfg)
-    assert results["train/loss_step"] > 0 and 0.0 <= results["val/dice"] <= 1.0
+    assert results["train/loss"] > 0 and 0.0 <= results["val/dice"] <= 1.0
 
 
 def test_demo_fit_then_eval_writes_both_protocols(tmp_path: Path) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from common.callbacks import PanelBatch
 from common.metrics import ReconstructionVolumeMetric
-from common.module import ConfiguredModule
+from common.module import ConfiguredModule, log_train_loss
 
 
 class TinyDenoiser(nn.Module):
@@ -28,7 +30,7 @@ class ToyModule(ConfiguredModule):
     def training_step(self, batch, batch_idx):
         noisy, clean, _ = batch
         loss = nn.functional.l1_loss(self.net(noisy), clean)
-        self.log("train/loss", loss, on_step=True, on_epoch=True)
+        log_train_loss(self, loss, len(noisy))
         return loss
 
     def _evaluate(self, batch, stage: str):
@@ -37,7 +39,8 @@ class ToyModule(ConfiguredModule):
         case_ids = [f"case{int(i) // 4}" for i in index]
         self.val_metric.update(pred[:, 0], clean[:, 0], case_ids, index % 4, data_range=torch.ones(len(index)))
         self.log(f"{stage}/loss", nn.functional.l1_loss(pred, clean), sync_dist=True)
-        return {"panels": {"input": noisy, "prediction": pred, "reference": clean, "error": pred - clean}}
+        return {"panels": PanelBatch(input=noisy[:, 0], prediction=pred[:, 0], reference=clean[:, 0],
+                                     case_ids=case_ids, slice_index=index % 4)}
 
     def validation_step(self, batch, batch_idx):
         return self._evaluate(batch, "val")
@@ -62,6 +65,10 @@ class ToyData(pl.LightningDataModule):
         noisy = clean + 0.1 * torch.randn(n, 1, size, size, generator=g)
         self.data = TensorDataset(noisy, clean, torch.arange(n))
         self.batch_size = batch_size
+
+    def case_affine(self, case_id: str) -> np.ndarray:
+        # stored like DICOM (x towards the patient's left, y towards posterior): panels show each slice transposed
+        return np.diag([-1.0, -1.0, 1.0, 1.0])
 
     def train_dataloader(self):
         return DataLoader(self.data, batch_size=self.batch_size, shuffle=True)
