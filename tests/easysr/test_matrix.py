@@ -22,3 +22,4 @@ def test_fast_dev_run(experiment: str, precision: str, raw32: Path, tmp_path: Pa
     metrics = fast_dev_run("easysr", experiment, tmp_path / "run", overrides, precision)
     assert math.isfinite(metrics["train/loss"]) and metrics["train/loss"] > 0
     assert 0 < metrics["val/psnr"] < 60 and -1 <= metrics["val/ssim"] <= 1
+    assert metrics["val/psnr_spline"] > 10  # the classical baseline is scored beside the model

@@ -70,12 +70,6 @@ def test_reference_params_match_the_reference_build(model):
         assert not any(p.requires_grad for p in module.proxy.parameters())  # the texture proxy stays frozen
 
 
-def test_demo_fast_dev_run(fastmri_root, tmp_path):
-    cfg = compose_cfg(["experiment=demo", "debug=fdr", *tiny(fastmri_root, tmp_path)])
-    results = train(cfg)
-    assert math.isfinite(results["train/loss"]) and 0 < results["val/ssim"] <= 1
-
-
 @pytest.mark.parametrize("experiment,model,extra", [
     ("knee_x4", "generative_small", []), ("knee_reference", "generative_small", []), ("knee_x8", "unet_small", []),
     ("knee_x8", "generative_small", ["model.net.texture_mode=attention", "model.net.texture_vectors=2"])])

@@ -107,26 +107,6 @@ def test_four_learning_rate_groups(tmp_path) -> None:
     assert any(names[id(p)].startswith("saliency") for p in groups[2]["params"])
 
 
-def _run_fdr(experiment: str, cache, tmp_path, extra: list[str]) -> dict:
-    cfg = _compose("train", [f"experiment={experiment}", "debug=fdr", "logger=none", "callbacks=minimal",
-                             f"paths.output_dir={tmp_path}", f"data.cache_dir={cache}",
-                             f"data.split_file={cache}/splits.json", "data.synthetic=null", "data.num_workers=0",
-                             "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", *extra])
-    return train_planes(cfg)
-
-
-def test_demo_experiment_fast_dev_run_every_plane(synthetic_cache, tmp_path) -> None:
-    results = _run_fdr("demo", synthetic_cache, tmp_path, ["plane=A"])
-    for plane in "XYZ":  # soft Dice <= 1, plus 0.1 x a BCE of probabilities clamped to [1e-6, 1 - 1e-6] (<= 13.9)
-        assert 0 <= results[f"{plane}/train/loss"] <= 1 + 0.1 * 13.9
-        assert (tmp_path / plane).is_dir()
-
-
-def test_paper_experiment_fast_dev_run_at_reduced_width(synthetic_cache, tmp_path) -> None:
-    results = _run_fdr("nih_pancreas", synthetic_cache, tmp_path, ["plane=Y", "model.net.width=0.0625"])
-    assert 0 <= results["Y/train/loss"] <= 1 and "Y/val/dice" in results
-
-
 def _checkpoint(path, model_cfg, seed: int) -> None:
     torch.manual_seed(seed)
     net = RSTN(width=0.0625, dropout=0.0)

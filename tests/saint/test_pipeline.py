@@ -59,17 +59,6 @@ def run_fdr(experiment: str, cache_dir: Path, out: Path, extra: list[str] = ()) 
     return train(cfg)
 
 
-def test_demo_experiment_fast_dev_run(cache_dir: Path, tmp_path: Path) -> None:
-    metrics = run_fdr("demo", cache_dir, tmp_path / "demo")
-    assert np.isfinite(metrics["train/loss"]) and metrics["train/loss"] > 0
-    assert 0 < metrics["val/psnr"] < 100
-
-
-def test_paper_stage1_fast_dev_run(cache_dir: Path, tmp_path: Path) -> None:
-    metrics = run_fdr("msd_msr", cache_dir, tmp_path / "msr", ["data.val_factors=[4]"])
-    assert np.isfinite(metrics["train/loss"]) and "val/psnr_x4" in metrics
-
-
 def tiny_checkpoint(path: Path, stage: str = "rfn", seed: int = 0) -> Path:
     """A Lightning-style checkpoint of a tiny SAINT with its run config."""
     torch.manual_seed(seed)

@@ -48,13 +48,6 @@ def test_experiments_compose(experiment: str, tmp_path: Path) -> None:
         assert cfg.model.net.in_ch == 1 and cfg.model.net._target_.endswith("UNet")
 
 
-def test_paper_experiment_fast_dev_run(atlas_fixture: dict, tmp_path: Path) -> None:
-    cfg = _compose(["experiment=atlas_traintest", "debug=fdr", "data.batch_size=2", f"paths.output_dir={tmp_path}",
-                    *_fixture_data(atlas_fixture), "data.eval_batch_size=4"])
-    results = train(cfg)
-    assert results["train/loss"] > 0 and 0.0 <= results["val/dice"] <= 1.0
-
-
 def test_demo_fit_then_eval_writes_both_protocols(tmp_path: Path) -> None:
     data = tmp_path / "synthetic"
     common = ["experiment=demo", f"data.root={data}", "data.n_train=5", "data.n_test=2", "data.shape=[32,40,24]",
