@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from common.memory import batch_for_budget
+
 
 def _neighbour_indices(n: int, centre: np.ndarray, context: int) -> np.ndarray:
     """Returns [len(centre), 2*context+1] slice indices clamped to [0, n) (edge padding)."""
@@ -23,7 +25,8 @@ def _neighbour_indices(n: int, centre: np.ndarray, context: int) -> np.ndarray:
 @torch.no_grad()
 def predict_by_slices(predict_fn: Callable[[torch.Tensor], torch.Tensor], volume: np.ndarray | torch.Tensor,
                       axis: int, context: int = 0, batch_size: int = 16, pad_value: float | None = None,
-                      device: torch.device | str = "cpu", out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                      device: torch.device | str = "cpu", out_dtype: torch.dtype = torch.float32,
+                      max_memory: int | None = None) -> torch.Tensor:
     """Returns the predictions of a 2-D network for every slice of a 3-D volume along `axis`, stacked back.
 
     Each input is the slice and its `context` neighbours on each side as channels: `[B, 2*context+1, h, w]`,
@@ -34,10 +37,13 @@ def predict_by_slices(predict_fn: Callable[[torch.Tensor], torch.Tensor], volume
         volume: `[X, Y, Z]` array.
         axis: the slicing axis (0, 1 or 2).
         context: neighbours on each side (SPiN: 2, RSTN and SAINT: 1).
-        batch_size: slices per forward pass.
+        batch_size: slices per forward pass (the most, when `max_memory` is given).
         pad_value: value of out-of-volume neighbours; None repeats the edge slice.
         device: where `predict_fn` runs.
         out_dtype: dtype of the stitched result (kept on the CPU).
+        max_memory: a peak resident memory (bytes) for the whole process: the slices per pass are then the most
+            that fit beside what the process already holds and the stitched result, from the memory that
+            passes of 1 and 2 slices are measured to need (`common.memory.batch_for_budget`; CPU only).
 
     Returns:
         The predictions with the slicing axis put back in place: `[X, Y, Z]`-like (`h', w'` may differ from `h, w`)
@@ -51,18 +57,25 @@ def predict_by_slices(predict_fn: Callable[[torch.Tensor], torch.Tensor], volume
         padded, shift = torch.cat([pad, vol, pad]), context
     else:
         padded, shift = vol, 0
-    result: torch.Tensor | None = None  # [n, h', w'] or [n, C, h', w'], filled batch by batch
-    for start in range(0, n, batch_size):
-        centre = np.arange(start, min(start + batch_size, n))
+
+    def batch_of(start: int, size: int) -> torch.Tensor:
+        centre = np.arange(start, min(start + size, n))
         if shift:
             index = centre[:, None] + np.arange(0, 2 * context + 1)[None, :]
         else:
             index = _neighbour_indices(n, centre, context)
-        batch = padded[torch.as_tensor(index)].to(device)
+        return padded[torch.as_tensor(index)].to(device)
+
+    if max_memory is not None:
+        batch_size = batch_for_budget(lambda size: predict_fn(batch_of(n // 2, size)), max_memory, batch_size,
+                                      n_items=n)
+    result: torch.Tensor | None = None  # [n, h', w'] or [n, C, h', w'], filled batch by batch
+    for start in range(0, n, batch_size):
+        batch = batch_of(start, batch_size)
         pred = predict_fn(batch).to("cpu", out_dtype)
         if result is None:  # preallocated once: no list of batches concatenated at the end
             result = torch.empty((n, *pred.shape[1:]), dtype=out_dtype)
-        result[start:start + len(centre)] = pred
+        result[start:start + len(batch)] = pred
     assert result is not None
     if result.dim() == 3:
         return result.movedim(0, axis)
