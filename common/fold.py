@@ -58,7 +58,7 @@ def _pairs(net: nn.Module, run: Callable[[nn.Module], Any]) -> list[tuple[str, s
     return pairs
 
 
-def fold_into(conv: nn.Module, norm: nn.modules.batchnorm._BatchNorm) -> None:
+def fold_into(conv: nn.modules.conv._ConvNd, norm: nn.modules.batchnorm._BatchNorm) -> None:
     """Rescales `conv`'s weight and sets its bias so that `conv` alone computes `norm(conv(x))` (eval mode).
 
     Args:
@@ -83,13 +83,15 @@ def fold_into(conv: nn.Module, norm: nn.modules.batchnorm._BatchNorm) -> None:
             view = (1, -1) + (1,) * (conv.weight.dim() - 2)  # weight [in, out, k...]
         else:
             view = (-1,) + (1,) * (conv.weight.dim() - 1)  # weight [out, in / groups, k...]
-        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(shift)
-        conv.weight.copy_((conv.weight.double() * scale.view(view)).to(conv.weight.dtype))
-        new_bias = (bias * scale + shift).to(conv.weight.dtype)
-        if conv.bias is None:
-            conv.bias = nn.Parameter(new_bias, requires_grad=conv.weight.requires_grad)
+        weight: torch.Tensor = conv.weight
+        old_bias: torch.Tensor | None = conv.bias
+        bias = old_bias.double() if old_bias is not None else torch.zeros_like(shift)
+        weight.copy_((weight.double() * scale.view(view)).to(weight.dtype))
+        new_bias = (bias * scale + shift).to(weight.dtype)
+        if old_bias is None:
+            conv.bias = nn.Parameter(new_bias, requires_grad=weight.requires_grad)
         else:
-            conv.bias.copy_(new_bias)
+            old_bias.copy_(new_bias)
 
 
 def _set(net: nn.Module, name: str, module: nn.Module) -> None:
