@@ -7,9 +7,10 @@ Rows:
    (PSNR and slice SSIM with the reference's rules, normalised [0, 255] domain). Short CPU training: this checks
    the pipeline and the direction of the comparison, not the paper's (unpublished) numbers.
 2. train step: one G step + one D step for a batch [2, 1, 128, 64, 128] -> 128 x 192 x 128 (the reference's
-   size, PERF.md target <= 11.7 s), with the reference's linear-head and the patch discriminator, fp32 and bf16.
-3. inference: time and peak memory for one [128, 64, 128] LR volume and one [256, 96, 256] one (whole volume and
-   sliding window).
+   size, beside PERF.md's reference row), with the reference's linear head and the patch discriminator, fp32 and
+   bf16.
+3. inference: time, efficiency and peak memory for one [128, 64, 128] LR volume (the reference's row), with and
+   without BatchNorm folded into the convolutions, and one [256, 96, 256] one (whole volume and sliding window).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from benchmarks.harness import measure, previous_rows, print_table, write_results
+from benchmarks.harness import measure, previous_rows, print_table, speed_row, write_results
+from common.fold import fold_batchnorm
 from common.run import CONF_ROOT, train
 from common.synthetic import isotropic_volume, write_ratbrain_nifti
 from projects.easysr.infer import upsample_normalised
@@ -69,28 +71,42 @@ def train_step_rows(repeat: int) -> list[dict]:
             opt_d = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
             stats = measure(lambda g=gen, d=disc, og=opt_g, od=opt_d, w=weight, p=precision:
                             gan_step(g, d, og, od, lr, hr, w, p), repeat=repeat, flops=True)
-            rows.append({"row": "train step G+D", "input": "[2,1,128,64,128]", "config": f"D={head}, adv={weight}",
-                         "precision": precision, "seconds": stats["median_s"], "cpu_s": stats["cpu_s"],
-                         "gflops_per_s": stats["gflops_per_s"], "peak_rss_mb": stats["peak_rss_mb"], "target_s": 11.7, "reference_s": 23.4})
+            rows.append(speed_row("easysr", "step", f"G+D [2,1,128,64,128], D={head}, adv={weight}, {precision}",
+                                  stats, cpu_s=round(stats["cpu_s"], 2)))
+            print(rows[-1], flush=True)
     return rows
 
 
+#: (LR shape, window or None for the whole volume, precision, BatchNorm folded) of the inference rows.
+INFERENCE_CASES = (((128, 64, 128), None, "32", False), ((128, 64, 128), None, "32", True),
+                   ((128, 64, 128), None, "bf16", True), ((256, 96, 256), None, "32", True),
+                   ((256, 96, 256), (128, 48, 128), "32", True), ((256, 96, 256), (128, 48, 128), "bf16", True))
+
+
 def inference_rows(repeat: int) -> list[dict]:
-    """Times the generator on whole volumes and with the sliding window."""
+    """Times the generator on whole volumes and with the sliding window; the first size is the reference's."""
+    torch.manual_seed(0)
     gen = EasySRGenerator().eval()
-    cases = [((128, 64, 128), None, "32"), ((128, 64, 128), None, "bf16"),
-             ((256, 96, 256), None, "32"), ((256, 96, 256), (128, 48, 128), "32"),
-             ((256, 96, 256), (128, 48, 128), "bf16")]
+    for module in gen.modules():  # trained-like statistics: identity ones would make folding a no-op
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    folded = fold_batchnorm(gen, torch.randn(1, 1, 8, 8, 8))[0]
     rows = []
-    for shape, patch, precision in cases:
+    for shape, patch, precision, fold in INFERENCE_CASES:
         lr = torch.rand(*shape) * 255
         reps = repeat if shape[0] == 128 else 1
-        stats = measure(lambda x=lr, p=patch, pr=precision: upsample_normalised(gen, x, p, 0.25, precision=pr),
-                        repeat=reps, warmup=1 if shape[0] == 128 else 0, flops=shape[0] == 128)
-        rows.append({"row": "inference G", "input": f"[1,1,{','.join(map(str, shape))}]",
-                     "config": "whole volume" if patch is None else f"window {list(patch)}, overlap 0.25",
-                     "precision": precision, "seconds": stats["median_s"], "cpu_s": stats["cpu_s"],
-                     "gflops_per_s": stats.get("gflops_per_s"), "peak_rss_mb": stats["peak_rss_mb"], "target_s": None, "reference_s": 3.3 if shape[0] == 128 and patch is None else None})
+        stats = measure(lambda x=lr, p=patch, pr=precision, g=folded if fold else gen:
+                        upsample_normalised(g, x, p, 0.25, precision=pr), repeat=reps, warmup=1, flops=True)
+        name = (f"G [1,1,{','.join(map(str, shape))}], "
+                f"{'whole volume' if patch is None else f'window {list(patch)}, overlap 0.25'}, {precision}"
+                f"{', BN folded' if fold else ''}")
+        row = speed_row("easysr", "volume", name, stats, cpu_s=round(stats["cpu_s"], 2))
+        if shape[0] != 128:  # no reference row at this size
+            row.update(input=f"[1,1,{','.join(map(str, shape))}]", ref_seconds=None, speedup=None,
+                       ref_efficiency_12_07=None, ref_machine=None)
+        rows.append(row)
+        print(rows[-1], flush=True)
     return rows
 
 

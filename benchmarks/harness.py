@@ -175,3 +175,69 @@ def write_results(name: str, rows: Sequence[dict[str, Any]], **extra: Any) -> Pa
     save_json(path, {"name": name, "machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "rows": list(rows), **extra})
     return path
+
+
+#: The machines of PERF.md's reference timings (2 cores each, fp32, 2 threads).
+REFERENCE_MACHINES = {"2026-11-23": "AMD CPU with avx512_bf16, 2 cores",
+                      "2026-12-07": "Intel Xeon, AVX-512, no bf16/AMX, 2 cores"}
+
+#: PERF.md: (project, row) -> the reference implementation's input, seconds per reference machine, its
+#: efficiency on 2026-12-07 (None: not recorded) and its peak memory (MiB, None: not recorded). Whole-volume
+#: rows ("volume") must beat the reference 2x, the others 1.5x.
+REFERENCE: dict[tuple[str, str], dict[str, Any]] = {
+    ("saint", "step"): {"input": "MSR batch [4,3,512,10] + distance maps, L1, Adam",
+                        "seconds": {"2026-11-23": 1.38, "2026-12-07": 2.90}, "efficiency": 0.36},
+    ("saint", "volume"): {"input": "both views + RFN, 256x256x24 -> 96",
+                          "seconds": {"2026-11-23": 82.0, "2026-12-07": 203.0}, "efficiency": 0.35},
+    ("spin", "step"): {"input": "[8,5,197,233], BCE, Adam", "seconds": {"2026-11-23": 5.2, "2026-12-07": 4.22},
+                       "efficiency": 0.21},
+    ("spin", "volume"): {"input": "one 197x233x189 scan", "seconds": {"2026-11-23": 20.6, "2026-12-07": 23.4},
+                         "efficiency": 0.30, "peak_mb": 1.7 * 1024},
+    ("rstn", "step"): {"input": "[1,3,512,512], mode J", "seconds": {"2026-11-23": 9.4, "2026-12-07": 16.7},
+                       "efficiency": 0.44},
+    ("rstn", "volume"): {"input": "coarse plane Z, 512x512x100",
+                         "seconds": {"2026-11-23": 154.0, "2026-12-07": 232.0}, "efficiency": 0.53},
+    ("easysr", "step"): {"input": "G+D, [2,1,128,64,128]", "seconds": {"2026-11-23": 23.4, "2026-12-07": 23.1},
+                         "efficiency": 0.25},
+    ("easysr", "volume"): {"input": "[1,1,128,64,128]", "seconds": {"2026-11-23": 3.3, "2026-12-07": 4.3},
+                           "efficiency": None},
+    ("fastmri_gen", "step"): {"input": "[8,1,320,320], L1 + GAN",
+                              "seconds": {"2026-11-23": 9.4, "2026-12-07": 14.9}, "efficiency": 0.36},
+    ("fastmri_gen", "volume"): {"input": "35 slices 320x320", "seconds": {"2026-11-23": 7.1, "2026-12-07": 11.1},
+                                "efficiency": 0.40},
+}
+
+
+def reference_day(flags: set[str] | None = None) -> str:
+    """Returns the PERF.md reference day measured on a machine like this one: with bf16 instructions or without."""
+    return "2026-11-23" if has_bf16("cpu", cpu_flags() if flags is None else flags) else "2026-12-07"
+
+
+def speed_row(project: str, kind: str, name: str, timing: dict[str, float], **extra: Any) -> dict[str, Any]:
+    """Returns one speed row: ours (time, GFLOP/s, efficiency, peak) beside the reference's row from PERF.md.
+
+    Args:
+        project: the project (a key of `REFERENCE`).
+        kind: "step" or "volume".
+        name: what was measured (precision, layout, batch).
+        timing: `measure(..., flops=True)`'s result; an `extrapolated_s` key replaces the median when present.
+        extra: further columns, placed before the reference's.
+
+    Returns:
+        The row: `seconds`, `efficiency`, the reference's `ref_seconds` on the machine of `reference_day()`
+        (`ref_machine`), `speedup` = ref_seconds / seconds and the `target_speedup` (2 for whole volumes, else
+        1.5), the reference's efficiency of 2026-12-07 and its peak memory where PERF.md has them.
+    """
+    ref = REFERENCE[(project, kind)]
+    day = reference_day()
+    seconds = timing.get("extrapolated_s", timing["median_s"])
+    row: dict[str, Any] = {"row": f"{kind}: {name}", "input": ref["input"], "seconds": round(seconds, 3),
+                           "gflop": round(timing["gflop"], 1) if "gflop" in timing else None,
+                           "gflops_per_s": round(timing["gflop"] / seconds, 1) if "gflop" in timing else None,
+                           "efficiency": round(timing["gflop"] / seconds / matmul_peak(), 3)
+                           if "gflop" in timing else None,
+                           "peak_rss_mb": round(timing["peak_rss_mb"]), **extra}
+    row.update(ref_seconds=ref["seconds"][day], ref_machine=f"{day}: {REFERENCE_MACHINES[day]}",
+               speedup=round(ref["seconds"][day] / seconds, 2), target_speedup=2.0 if kind == "volume" else 1.5,
+               ref_efficiency_12_07=ref["efficiency"], ref_peak_mb=ref.get("peak_mb"))
+    return row

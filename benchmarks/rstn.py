@@ -2,9 +2,9 @@
 
 Rows:
 - train step [1, 3, 512, 512], mode J, coarse + fine, paper width (268.6 M parameters), SGD: fp32 and bf16
-  (PERF.md target <= 9.4 s, the reference's step);
+  (beside the reference's row of PERF.md);
 - coarse stage of one plane (Z) of a 512 x 512 x 100 volume at paper width, batched slices, fp32 and bf16
-  (target <= 50 s; the reference, batch 1: 154 s);
+  (beside the reference's row, one slice per pass);
 - quality on held-out synthetic cases (the demo's run: 1/16 width, trained minutes): coarse, fused, oracle
   and coarse-to-fine DSC, rounds to convergence, coarse-to-fine time and peak memory per volume, and the
   classical window rule on the same cases.
@@ -22,13 +22,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from benchmarks.harness import measure, previous_rows, print_table, write_results
+from benchmarks.harness import measure, previous_rows, print_table, speed_row, write_results
 from common.io.cache import VolumeCache
 from projects.rstn.inference import coarse_to_fine, predict_plane
 from projects.rstn.model import RSTN, rstn_loss
-
-PAPER_STEP_S = 9.4
-PAPER_PLANE_S = 154.0
 
 
 def _paper_net() -> RSTN:
@@ -52,9 +49,9 @@ def train_step_rows(net: RSTN, repeat: int) -> list[dict]:
             loss.backward()
             optimizer.step()
 
-        m = measure(step, repeat=repeat, warmup=1)
-        rows.append({"row": f"train step J [1,3,512,512] {precision}", "seconds": m["median_s"],
-                     "target_s": PAPER_STEP_S, "peak_rss_mb": m["peak_rss_mb"]})
+        m = measure(step, repeat=repeat, warmup=1, flops=True)
+        rows.append(speed_row("rstn", "step", f"J [1,3,512,512], coarse + fine, SGD, {precision}", m))
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -64,10 +61,12 @@ def coarse_plane_rows(net: RSTN, slices: int, batch_size: int) -> list[dict]:
     volume = np.random.default_rng(0).random((512, 512, slices), dtype=np.float32)
     rows = []
     for precision in ("32", "bf16"):
-        m = measure(lambda p=precision: predict_plane(volume, "Z", net, batch_size, p), repeat=1, warmup=0)
-        rows.append({"row": f"coarse plane Z 512x512x100 {'fp32' if precision == '32' else 'bf16'}",
-                     "seconds": m["median_s"] * 100 / slices, "target_s": 50.0, "peak_rss_mb": m["peak_rss_mb"],
-                     "measured_slices": slices, "reference_s": PAPER_PLANE_S})
+        m = measure(lambda p=precision: predict_plane(volume, "Z", net, batch_size, p), repeat=1, warmup=1,
+                    flops=True)
+        scaled = {**m, "extrapolated_s": m["median_s"] * 100 / slices, "gflop": m["gflop"] * 100 / slices}
+        name = f"coarse plane Z 512x512x100, {batch_size} slices/pass, {'fp32' if precision == '32' else 'bf16'}"
+        rows.append(speed_row("rstn", "volume", name, scaled, measured_slices=slices))
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -148,7 +147,7 @@ def quality_rows(out: Path, steps: int | None, planes: str, overrides: list[str]
     return rows
 
 
-_SPEED_ROWS = ("train step", "coarse plane")
+_SPEED_ROWS = ("step:", "volume:", "train step", "coarse plane")
 
 
 def previous_speed_rows() -> list[dict]:

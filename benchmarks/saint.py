@@ -7,9 +7,9 @@
    view alone (MSR only), beside cubic and linear interpolation along z, with the gain in dB over both; then the
    paper's formulation (`experiment=demo_paper`) at the same width, data and steps.
 2. Train step of the paper's MSR on a batch [4, 3, 512, 10] + distance maps, L1 over the real phases, Adam:
-   fp32, fp32 + channels_last, bf16 autocast + channels_last (PERF.md: reference 1.38 s).
+   fp32, fp32 + channels_last, bf16 autocast + channels_last.
 3. Whole-volume inference of the paper's network, both views with batched planes + RFN fusion:
-   256 x 256 x 24 -> x4 measured whole (PERF.md: reference 82 s, one plane at a time);
+   256 x 256 x 24 -> x4 measured whole, the reference's input;
    512 x 512 x 60 -> 240 measured on a slab of planes and axial slices and extrapolated to the volume, with the
    peak memory of the measured part plus the output buffers of the whole volume.
 """
@@ -27,14 +27,10 @@ from pathlib import Path
 import torch
 
 from benchmarks import harness
-from benchmarks.harness import measure, previous_rows, print_table, write_results
+from benchmarks.harness import measure, previous_rows, print_table, speed_row, write_results
 from common.runtime import choose_threads
 from projects.saint.model import PIXELS_PER_PASS, SAINT, distance_map
 from projects.saint.module import masked_l1
-
-PAPER_TRAIN_STEP_S = 1.38
-PAPER_INFER_256_S = 82.0
-
 
 QUALITY_EXPERIMENTS = {"demo": "", "demo_paper": "paper formulation: "}
 
@@ -114,10 +110,9 @@ def train_step_rows(repeat: int) -> list[dict]:
         net = SAINT()
         for p in net.RFN.parameters():
             p.requires_grad_(False)
-        t = measure(_train_step(net, cl, bf16), repeat=repeat, warmup=1)
-        rows.append({"measurement": f"MSR train step [4,3,512,10], {name}", "seconds": round(t["median_s"], 3),
-                     "reference_s": PAPER_TRAIN_STEP_S, "speedup": round(PAPER_TRAIN_STEP_S / t["median_s"], 2),
-                     "peak_rss_mb": round(t["peak_rss_mb"])})
+        t = measure(_train_step(net, cl, bf16), repeat=repeat, warmup=1, flops=True)
+        rows.append(speed_row("saint", "step", f"MSR [4,3,512,10], {name}", t, measurement="train step"))
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -127,20 +122,22 @@ def _net(channels_last: bool) -> SAINT:
     return net.to(memory_format=torch.channels_last) if channels_last else net
 
 
-def inference_rows_256(plane_batch: int | None) -> list[dict]:
+def inference_rows_256(plane_batch: int | None, slices: int = 24) -> list[dict]:
+    """Times both views + RFN on 256 x 256 x `slices` -> x4, the reference's row at the default 24 slices."""
     rows = []
-    vol = torch.rand(256, 256, 6) * 4000
-    for name, cl, bf16 in (("fp32", False, False), ("bf16 autocast channels_last", True, True)):
+    vol = torch.rand(256, 256, slices) * 4000
+    for name, cl, bf16 in (("fp32", False, False), ("fp32 channels_last", True, False),
+                           ("bf16 autocast channels_last", True, True)):
         net = _net(cl)
 
         def run(net: SAINT = net, bf16: bool = bf16) -> None:
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 net.infer_volume(vol, (0.7, 0.7, 1.0), 4, "rfn", plane_batch)
 
-        t = measure(run, repeat=1, warmup=0)
-        rows.append({"measurement": f"whole volume 256x256x6 -> x4 (24), both views + RFN, {name}",
-                     "seconds": round(t["median_s"], 1), "reference_s": PAPER_INFER_256_S,
-                     "speedup": round(PAPER_INFER_256_S / t["median_s"], 2), "peak_rss_mb": round(t["peak_rss_mb"])})
+        t = measure(run, repeat=1, warmup=1, flops=True)
+        rows.append(speed_row("saint", "volume", f"256x256x{slices} -> {4 * slices}, both views + RFN, {name}", t,
+                              measurement="whole volume"))
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -163,11 +160,13 @@ def inference_rows_512(plane_batch: int | None, n_planes: int, n_slices: int) ->
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 net.fuse(views[0], views[1], "rfn")
 
-        t_msr, t_rfn = measure(msr, repeat=1, warmup=0), measure(rfn, repeat=1, warmup=0)
+        t_msr, t_rfn = measure(msr, repeat=1, warmup=1, flops=True), measure(rfn, repeat=1, warmup=1, flops=True)
         total = t_msr["median_s"] * (2 * size / n_planes) + t_rfn["median_s"] * (z_lr * f / n_slices)
         rows.append({"measurement": f"whole volume 512x512x60 -> 240, both views + RFN, {name} "
                                     f"(extrapolated from {n_planes} planes and {n_slices} axial slices)",
-                     "seconds": round(total, 1), "reference_s": None, "speedup": None,
+                     "seconds": round(total, 1), "efficiency": round(
+                         (t_msr["gflop"] * 2 * size / n_planes + t_rfn["gflop"] * z_lr * f / n_slices)
+                         / total / harness.matmul_peak(), 3),
                      "peak_rss_mb": round(max(t_msr["peak_rss_mb"], t_rfn["peak_rss_mb"]) + out_buffers_mb)})
     return rows
 
@@ -175,6 +174,8 @@ def inference_rows_512(plane_batch: int | None, n_planes: int, n_slices: int) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--volume-slices", type=int, default=24,
+                        help="slices of the 256 x 256 volume row (24: the reference's input)")
     parser.add_argument("--out", default=None, help="demo output folder (default: a temporary folder)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--plane-batch", type=int, default=None, help="default: by pixel budget")
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip_speed:
         speed = previous_rows("saint", is_speed_row)
     else:
-        speed = train_step_rows(args.repeat) + inference_rows_256(args.plane_batch) + \
+        speed = train_step_rows(args.repeat) + inference_rows_256(args.plane_batch, args.volume_slices) + \
             inference_rows_512(args.plane_batch, n_planes=16, n_slices=8)
         print_table(speed, f"SAINT speed and memory ({torch.get_num_threads()} threads, load average at start {load})")
     extra = {"speed_rows_from": speed_run} if speed_run else {}

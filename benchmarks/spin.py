@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import measure, previous_rows, print_table, write_results
+from benchmarks.harness import measure, previous_rows, print_table, speed_row, write_results
+from common.fold import fold_batchnorm
 from common.io.cache import VolumeCache
+from common.memory import parse_memory
 from common.run import load_module, train
 from common.runtime import set_threads
 from projects.spin.data import volume_xyz
@@ -33,13 +35,15 @@ from projects.spin.model import SPiN, UNet, count_parameters
 from projects.spin.predict import logits_function, predict_volume
 from projects.spin.splits import load_split
 
-REFERENCE = {"train_step_s": 5.2, "scan_s": 20.6, "target_step_s": 2.6, "target_scan_s": 7.0}
+#: The whole-scan memory budget: the reference implementation's peak on the same scan (PERF.md).
+SCAN_BUDGET = "1.7G"
 
 
-def _train_step(bf16: bool, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.nn.Module, Callable[[], None]]:
-    """Returns (the paper-size SPiN, one BCE + Adam step on (x, y)) in fp32 or bf16 autocast + channels_last."""
+def _train_step(bf16: bool, channels_last: bool, x: torch.Tensor,
+                y: torch.Tensor) -> tuple[torch.nn.Module, Callable[[], None]]:
+    """Returns (the paper-size SPiN, one BCE + Adam step on (x, y)) in fp32 or bf16 autocast."""
     model = SPiN()
-    if bf16:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
@@ -56,29 +60,60 @@ def _train_step(bf16: bool, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.nn.
     return model, step
 
 
-def speed_rows(repeat: int) -> list[dict]:
-    """Returns train-step and whole-scan rows of the paper-size SPiN in fp32 and bf16 + channels_last."""
-    rows = []
+#: (label, bf16, channels_last) of the train-step rows.
+STEP_VARIANTS = (("fp32", False, False), ("fp32 channels_last", False, True), ("bf16 autocast channels_last", True, True))
+#: (label, bf16, channels_last, BatchNorm folded, batch, memory budget) of the whole-scan rows.
+SCAN_VARIANTS = (("fp32, 32 slices/batch", False, False, False, 32, None),
+                 ("fp32, budget 1.7G", False, False, False, 32, SCAN_BUDGET),
+                 ("fp32, BN folded, budget 1.7G", False, False, True, 32, SCAN_BUDGET),
+                 ("fp32, BN folded, channels_last, budget 1.7G", False, True, True, 32, SCAN_BUDGET),
+                 ("bf16, BN folded, channels_last, budget 1.7G", True, True, True, 32, SCAN_BUDGET))
+
+
+def step_rows(repeat: int) -> list[dict]:
+    """Returns the train-step rows of the paper-size SPiN on [8, 5, 197, 233]."""
     torch.manual_seed(0)
     x = torch.randn(8, 5, 197, 233)
     y = (torch.rand(8, 1, 197, 233) > 0.97).float()
-    scan = np.random.default_rng(0).uniform(0, 100, (197, 233, 189)).astype(np.float32)
-    for bf16 in (False, True):
-        model, step = _train_step(bf16, x, y)
-        label = "bf16-mixed + channels_last" if bf16 else "fp32"
-        timing = measure(step, repeat=repeat, warmup=1, flops=True)
-        rows.append({"row": f"train step [8,5,197,233], {label}", "seconds": timing["median_s"],
-                     "gflops_per_s": timing["gflops_per_s"],
-                     "reference_s": REFERENCE["train_step_s"], "target_s": REFERENCE["target_step_s"],
-                     "peak_rss_mb": timing["peak_rss_mb"]})
-        model.eval()
-        fn = logits_function(_ChannelsLast(model) if bf16 else model, bf16=bf16)
-        timing = measure(lambda fn=fn: predict_volume(fn, scan, 5, batch_size=32), repeat=max(1, repeat - 1),
-                         warmup=1, flops=True)
-        rows.append({"row": f"scan 197x233x189, 32 slices/batch, {label}", "seconds": timing["median_s"],
-                     "gflops_per_s": timing["gflops_per_s"],
-                     "reference_s": REFERENCE["scan_s"], "target_s": REFERENCE["target_scan_s"],
-                     "peak_rss_mb": timing["peak_rss_mb"]})
+    rows = []
+    for label, bf16, channels_last in STEP_VARIANTS:
+        _, step = _train_step(bf16, channels_last, x, y)
+        rows.append(speed_row("spin", "step", label, measure(step, repeat=repeat, warmup=1, flops=True)))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def scan_network(bf16: bool, channels_last: bool, fold: bool) -> torch.nn.Module:
+    """Returns the paper-size SPiN for whole-scan inference (random weights, BatchNorm statistics not trivial)."""
+    torch.manual_seed(0)
+    net = SPiN().eval()
+    for module in net.modules():  # identity statistics would make folding a no-op
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    if fold:
+        net = fold_batchnorm(net, torch.randn(1, 5, 64, 64))[0]
+    if channels_last:
+        net = _ChannelsLast(net.to(memory_format=torch.channels_last))
+    return net
+
+
+def scan_rows(repeat: int, slices: int = 189) -> list[dict]:
+    """Returns the whole-scan rows: one 197 x 233 x 189 scan, batched slices, per variant.
+
+    With fewer `slices` (a quicker comparison of the variants) the time is scaled to 189 slices.
+    """
+    scan = np.random.default_rng(0).uniform(0, 100, (197, 233, slices)).astype(np.float32)
+    rows = []
+    for label, bf16, channels_last, fold, batch, budget in SCAN_VARIANTS:
+        fn = logits_function(scan_network(bf16, channels_last, fold), bf16=bf16)
+        timing = measure(lambda fn=fn, batch=batch, budget=budget: predict_volume(fn, scan, 5, batch_size=batch,
+                                                                     max_memory=parse_memory(budget)),
+                         repeat=repeat, warmup=1, flops=True)
+        scale = 189 / slices
+        timing.update(extrapolated_s=timing["median_s"] * scale, gflop=timing["gflop"] * scale)
+        rows.append(speed_row("spin", "volume", label, timing, budget=budget, measured_slices=slices))
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -136,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and epochs (a smoke run)")
     parser.add_argument("--threads", default="auto", help="torch threads, or auto (1 on a busy CPU)")
     parser.add_argument("--skip-quality", action="store_true", help="rerun the speed rows, keep the last quality rows")
+    parser.add_argument("--scan-slices", type=int, default=189,
+                        help="slices of the scan rows (fewer: time scaled to 189, a quicker comparison)")
     parser.add_argument("--skip-speed", action="store_true", help="rerun the quality rows, keep the last speed rows")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
@@ -146,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
               {"row": "U-Net baseline (VGG-13 encoder)", "params": count_parameters(UNet())}]
     print_table(params, "Parameters")
     speed = (previous_rows("spin", lambda row: "seconds" in row) if args.skip_speed
-             else speed_rows(repeat=2 if args.quick else 3))
+             else step_rows(repeat=2 if args.quick else 3) + scan_rows(1 if args.quick else 2, args.scan_slices))
     print_table(speed, f"Speed (median wall time, torch threads = {torch.get_num_threads()})")
     quality = (previous_rows("spin", lambda row: "dice" in row) if args.skip_quality
                else quality_rows(epochs=6 if args.quick else 40, n_train=8 if args.quick else 16))

@@ -61,7 +61,7 @@ def logits_function(module: torch.nn.Module, tta_flip: bool = False, bf16: bool 
 
 @torch.no_grad()
 def predict_volume(logits_fn: Callable, t1: np.ndarray, n_chunk: int = 5, batch_size: int = 32,
-                   return_logits: bool = False, device: str = "cpu") -> np.ndarray:
+                   return_logits: bool = False, device: str = "cpu", max_memory: int | None = None) -> np.ndarray:
     """Returns the lesion mask uint8 ``[X, Y, Z]`` (logit >= 0) of a raw T1 ``[X, Y, Z]`` (axis 2 axial).
 
     Args:
@@ -71,9 +71,11 @@ def predict_volume(logits_fn: Callable, t1: np.ndarray, n_chunk: int = 5, batch_
         batch_size: slices per forward pass.
         return_logits: return the float32 logits instead of the mask.
         device: where `logits_fn` runs.
+        max_memory: peak resident bytes for the process; the batch is then at most what fits
+            (`common.inference.predict_by_slices`).
     """
     logits = predict_by_slices(logits_fn, normalise(t1), axis=2, context=n_chunk // 2, batch_size=batch_size,
-                               pad_value=0.0, device=device)
+                               pad_value=0.0, device=device, max_memory=max_memory)
     logits = logits.cpu().numpy()
     return logits if return_logits else (logits >= 0).astype(np.uint8)
 
