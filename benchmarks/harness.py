@@ -108,8 +108,8 @@ def measure(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1, flops: bool
         warmup: untimed runs first (at least one when `flops`).
         flops: count the floating-point operations of one call (torch's FlopCounterMode, during the first warmup
             run) and add `gflop` per call, `gflops_per_s` = gflop / median and `efficiency` = gflops_per_s / the
-            process's fp32 4096-square matmul GFLOP/s (`matmul_peak`): a figure comparable across machines and
-            across days of one shared machine.
+            fp32 4096-square matmul GFLOP/s timed right after the call (`matmul_gflops`): a figure comparable
+            across machines and across the changing load of one shared machine.
     """
     out: dict[str, float] = {}
     if flops:
@@ -132,8 +132,10 @@ def measure(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1, flops: bool
                peak_rss_mb=_peak_mb(), repeat=repeat)
     if flops:
         out["gflops_per_s"] = out["gflop"] / out["median_s"]
-        # the machine-independent figure: the share of this process's fp32 matmul throughput reached
-        out["efficiency"] = out["gflops_per_s"] / matmul_peak()
+        # the machine-independent figure: the share of the fp32 matmul throughput reached, the matmul timed right
+        # after the call so that both see the same load on a shared machine
+        out["matmul_gflops"] = max(matmul_gflops(4096, repeat=2), 1e-9)
+        out["efficiency"] = out["gflops_per_s"] / out["matmul_gflops"]
     return out
 
 
@@ -234,7 +236,7 @@ def speed_row(project: str, kind: str, name: str, timing: dict[str, float], **ex
     row: dict[str, Any] = {"row": f"{kind}: {name}", "input": ref["input"], "seconds": round(seconds, 3),
                            "gflop": round(timing["gflop"], 1) if "gflop" in timing else None,
                            "gflops_per_s": round(timing["gflop"] / seconds, 1) if "gflop" in timing else None,
-                           "efficiency": round(timing["gflop"] / seconds / matmul_peak(), 3)
+                           "efficiency": round(timing["gflop"] / seconds / timing.get("matmul_gflops", matmul_peak()), 3)
                            if "gflop" in timing else None,
                            "peak_rss_mb": round(timing["peak_rss_mb"]), **extra}
     row.update(ref_seconds=ref["seconds"][day], ref_machine=f"{day}: {REFERENCE_MACHINES[day]}",
