@@ -122,6 +122,8 @@ def _folded(net: nn.Module, pairs: list[tuple[str, str]]) -> nn.Module:
 def _same(expected: list[torch.Tensor], net: nn.Module, call: Callable[[nn.Module], Any], tolerance: float) -> bool:
     with torch.no_grad():
         outputs = list(_tensors(call(net)))
+    if not all(bool(torch.isfinite(a).all()) for a in expected):
+        return False  # no check possible on overflowing outputs: keep the network as it is
     return len(outputs) == len(expected) and all(
         torch.allclose(a.float(), b.float(), rtol=0.0, atol=tolerance * max(float(a.abs().max()), 1.0))
         for a, b in zip(expected, outputs))

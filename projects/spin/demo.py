@@ -28,7 +28,7 @@ from common.run import CONF_ROOT, load_module, train
 from common.runtime import set_threads
 from projects.spin.data import volume_xyz
 from projects.spin.eval import score_masks
-from projects.spin.predict import logits_function, predict_volume, segment_nifti
+from projects.spin.predict import logits_function, predict_volume, prepare_network, segment_nifti
 from projects.spin.splits import load_split
 
 
@@ -87,7 +87,7 @@ def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     ckpt = run_dir / "checkpoints" / "best.ckpt"
     module = load_module(cfg, ckpt if ckpt.exists() else run_dir / "checkpoints" / "last.ckpt").eval()
-    logits_fn = logits_function(module)
+    logits_fn = logits_function(prepare_network(module, int(cfg.data.n_chunk)))
 
     def predict(scan: str) -> np.ndarray:
         return predict_volume(logits_fn, np.asarray(volume_xyz(cache, scan, "t1")), int(cfg.data.n_chunk))

@@ -31,7 +31,7 @@ from common.runtime import choose_precision
 from common.settings import given_settings
 from projects.spin.data import ras_volume, volume_xyz
 from projects.spin.metrics import METRICS, score_case, score_counts, small_lesion_counts
-from projects.spin.predict import inference_of, logits_function, predict_volume
+from projects.spin.predict import inference_of, logits_function, predict_volume, prepare_network
 
 #: Paper Tables 2 (27 test scans, mean over scans) and 3 (pooled small-lesion slices): DSC, IoU, P, R.
 PAPER = {
@@ -96,11 +96,11 @@ def evaluate_spin(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     cache = VolumeCache(datamodule.hparams.cache_dir)
     scan_ids = datamodule.sets[cfg.eval.split]
-    logits_fn = logits_function(module, run.tta_flip, precision == "bf16")
+    logits_fn = logits_function(prepare_network(module, run.n_chunk), run.tta_flip, precision == "bf16")
 
     def predict_mask(scan: str) -> np.ndarray:
         t1, affine = ras_volume(cache, scan, "t1")
-        mask = predict_volume(logits_fn, t1, run.n_chunk, run.batch_size)
+        mask = predict_volume(logits_fn, t1, run.n_chunk, run.batch_size, max_memory=run.max_memory)
         if cfg.eval.write_masks:
             save_nifti(output_dir(cfg) / "masks" / f"{scan}.nii.gz", mask, affine, dtype=np.uint8)
         return mask

@@ -195,3 +195,26 @@ def test_a_folder_of_two_scans_gives_a_folder_of_two_masks(demo_run: dict, capsy
     for scan in scans:
         mask = nib.load(out / f"{scan}.nii.gz")
         assert mask.shape == nib.load(folder / f"{scan}.nii.gz").shape and mask.get_data_dtype() == np.uint8
+
+
+def test_folded_network_and_memory_budget_keep_the_logits() -> None:
+    """Inference with BatchNorm folded and slices batched by a memory budget gives the plain network's logits."""
+    from common.memory import resident_bytes
+    from projects.spin.model import SPiN
+    from projects.spin.predict import prepare_network
+
+    torch.manual_seed(0)
+    wrapper = torch.nn.Module()
+    wrapper.net = SPiN(embedding_width=4, encoder_widths=(8, 8, 8, 8, 8), decoder_widths=(8, 8, 8, 8, 8, 8),
+                       downsampler_widths=(4, 4)).eval()
+    for module in wrapper.net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    t1 = np.random.default_rng(0).uniform(0, 100, (40, 36, 12)).astype(np.float32)
+    plain = predict_volume(logits_function(wrapper.net), t1, 5, batch_size=12, return_logits=True)
+    prepare_network(wrapper, 5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in wrapper.net.modules())
+    folded = predict_volume(logits_function(wrapper.net), t1, 5, batch_size=12, return_logits=True,
+                            max_memory=resident_bytes() + 2**20)  # room for few slices
+    np.testing.assert_allclose(folded, plain, rtol=0, atol=1e-4)
