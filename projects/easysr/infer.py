@@ -20,7 +20,7 @@ from common.errors import DataError
 from common.inference import sliding_window_3d
 from common.io import Volume, scale_axis_affine, through_plane_axis
 from common.runtime import autocast
-from projects.easysr.ops import Normaliser
+from projects.easysr.ops import LAYOUT, Normaliser
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +118,12 @@ def super_resolve(volume: Volume, generator: torch.nn.Module, axis: int | None =
     if spacing[axis] <= min(spacing) * 1.05:
         log.warning("%s: voxels are not thicker along axis %d (%s mm); upsampling it anyway",
                     volume.path, axis, [round(s, 4) for s in spacing])
-    data = np.moveaxis(np.asarray(volume.data, np.float32), axis, 1)
+    data, _, axes = LAYOUT.to_cache(np.asarray(volume.data, np.float32), volume.affine, axis)
     norm = Normaliser.fit(data)
     sr = upsample_normalised(generator, norm.apply(data), patch, overlap, precision=precision).numpy()
     if intensity == "input":
         sr = norm.invert(sr)
-    sr = np.ascontiguousarray(np.moveaxis(sr, 1, axis))
+    sr = np.ascontiguousarray(axes.to_file(sr, np.eye(4))[0])  # the affine: scaled from the file's below
     scale = int(generator.scale)
     affine = scale_axis_affine(volume.affine, axis, scale, anchor="extent", size=volume.shape[axis])
     if target_spacing is not None:

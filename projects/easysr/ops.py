@@ -16,6 +16,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from common.io.layout import CacheLayout
+
+#: The cache and network layout: the thick (through-plane) axis moved to array axis 1, the others in file order.
+LAYOUT = CacheLayout(move="thickest", position=1)
+
 CLIP_SD = 2.58
 OUT_MAX = 255.0
 

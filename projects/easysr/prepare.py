@@ -30,7 +30,7 @@ from common.errors import DataError
 from common.io import load_nifti, scale_axis_affine
 from common.io.cache import VolumeCache
 from common.prepare import add_renamed_flag, prepare_parser, raw_root
-from projects.easysr.ops import Normaliser, make_lr
+from projects.easysr.ops import LAYOUT, Normaliser, make_lr
 
 SPLITS = ("training", "validation", "test")
 CACHE_FORMAT = 1
@@ -96,7 +96,7 @@ def to_training_pair(hr: np.ndarray, axis: int, scale: int) -> tuple[np.ndarray,
     Returns:
         float32 LR `[X', n, Z']`, float32 HR `[X', n * scale, Z']` in [0, 255], and the normaliser fitted on the LR.
     """
-    hr = np.moveaxis(np.asarray(hr, dtype=np.float32), axis, 1)
+    hr = LAYOUT.axes(np.eye(4), axis).to_cache(np.asarray(hr, dtype=np.float32), np.eye(4))[0]
     keep = (hr.shape[1] // scale) * scale
     hr = np.ascontiguousarray(hr[:, :keep])
     lr = make_lr(hr, axis=1, scale=scale)
