@@ -30,10 +30,12 @@ from common.errors import DataError
 from common.io import load_nifti, scale_axis_affine
 from common.io.cache import VolumeCache
 from common.prepare import add_renamed_flag, prepare_parser, raw_root
+from common.splits import load_split, write_split
 from projects.easysr.ops import LAYOUT, Normaliser, make_lr
 
 SPLITS = ("training", "validation", "test")
 CACHE_FORMAT = 1
+SPLIT_FILE = "splits.json"  # in the cache: which case is training, validation or test
 _ISO_RTOL = 0.05
 #: The raw data: its folder under `$MEDIMG_DATA/raw`, what `--raw` points at, where it comes from.
 RAW_DATASET = "easysr"
@@ -166,6 +168,9 @@ def build_cache(raw_dir: str | Path, cache_dir: str | Path, axis: int = 1, scale
         for path in paths:
             case = _prepare_case(path, split, axis, scale, require_isotropic)
             cache.write_case(case_id(path), case["arrays"], affine=case["affine"], meta=case["meta"])
+    ids = {split: [case_id(p) for p in paths] for split, paths in splits.items()}
+    write_split(cache.root / SPLIT_FILE, name="easysr", train=ids["training"], val=ids["validation"], test=ids["test"],
+                source=f"{raw_dir}: its training/ validation/ test/ folders, or a seeded shuffle of a flat folder")
     return cache
 
 
@@ -182,7 +187,10 @@ def cached_splits(cache: VolumeCache, axis: int, scale: int) -> dict[str, list[s
             raise DataError(cache.root / cid, f"prepared with axis {meta.get('axis')}, scale {meta.get('scale')}; "
                                               f"this run needs axis {axis}, scale {scale}: prepare again")
         splits.setdefault(str(meta.get("split")), []).append(cid)
-    return splits
+    if (cache.root / SPLIT_FILE).is_file():  # the split file prepare writes (common.splits format) is the record
+        sets = load_split(cache.root / SPLIT_FILE, available=cache.case_ids())
+        return {"training": sets["train"], "validation": sets["val"], "test": sets["test"]}
+    return splits  # a cache written before the split file: each case's metadata
 
 
 def build_parser() -> argparse.ArgumentParser:

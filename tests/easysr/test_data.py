@@ -122,6 +122,19 @@ def test_prepared_cache_trains_without_the_raw_folder(split_raw, tmp_path):
         other_scale.setup("fit")
 
 
+def test_the_cache_records_its_split_in_the_shared_format(split_raw, tmp_path):
+    from common.splits import read_split, write_split
+    from projects.easysr.prepare import SPLIT_FILE, main
+
+    assert main(["--raw", str(split_raw), "--cache", str(tmp_path / "cache")]) == 0
+    written = read_split(tmp_path / "cache" / SPLIT_FILE)  # the one reader of every project's splits
+    assert (written["train"], written["val"], written["test"]) == (["rat00", "rat01", "rat02"], ["val00"], [])
+    write_split(tmp_path / "cache" / SPLIT_FILE, train=["rat00", "rat01"], val=["val00", "rat02"], test=[])
+    dm = EasySRDataModule(str(tmp_path / "absent"), str(tmp_path / "cache"), batch_size=1)
+    dm.setup("fit")  # a cache without its raw folder trains from the recorded split
+    assert dm.splits["training"] == ["rat00", "rat01"] and dm.splits["validation"] == ["val00", "rat02"]
+
+
 def test_neither_raw_folder_nor_cache_names_the_prepare_command(tmp_path):
     dm = EasySRDataModule(str(tmp_path / "raw"), str(tmp_path / "cache"))
     with pytest.raises(DataError, match=r"run python -m projects.easysr.prepare --raw .* --cache .*cache"):
