@@ -170,6 +170,23 @@ def init_from_checkpoint(module: torch.nn.Module, path: str | os.PathLike) -> No
     module.initialised_from = str(path)  # type: ignore[assignment]
 
 
+def checkpoint_progress(path: str | os.PathLike) -> tuple[int, float]:
+    """Returns `(global_step, the time it was saved)` of one of our training checkpoints.
+
+    The file is memory-mapped, so the weights are not read (a paper-width RSTN checkpoint is over 1 GB). Our own
+    run's file is read in full trust, as resuming reads it; a checkpoint without `saved_at` gives the file's time.
+
+    Raises:
+        DataError: the file is missing or unreadable.
+    """
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise DataError(path, f"cannot read checkpoint ({type(err).__name__}: {_one_line(err)})") from err
+    return int(ckpt.get("global_step", 0)), float(ckpt.get("saved_at", os.path.getmtime(path)))
+
+
 def upgrade_checkpoint(path: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Rewrites one of our own older checkpoints with plain containers, so that it loads with weights_only.
 

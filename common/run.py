@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.checkpoint import (
     INIT_WEIGHTS_KEY,
+    checkpoint_progress,
     init_from_checkpoint,
     instantiate_model,
     module_from_checkpoint,
@@ -139,9 +140,7 @@ def _loggers(cfg: DictConfig, resume_from: str | None) -> list:
 
 
 def _trim_events(version_dir: Path, ckpt_path: str) -> None:
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    saved_at = ckpt.get("saved_at", os.path.getmtime(ckpt_path))  # older checkpoints: the file's time
-    trim_after_resume(version_dir, int(ckpt.get("global_step", 0)), float(saved_at))
+    trim_after_resume(version_dir, *checkpoint_progress(ckpt_path))
 
 
 def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list | None = None,
@@ -149,7 +148,7 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list 
     """Returns the Trainer of `cfg.trainer` with the project's callbacks, loggers and atomic checkpoints."""
     trainer_cfg = {**OmegaConf.to_container(cfg.trainer, resolve=True), **overrides}  # type: ignore[dict-item]
     trainer_cfg["strategy"] = ddp_strategy(trainer_cfg.get("strategy", "auto"))
-    return instantiate(trainer_cfg, callbacks=_without_logger_callbacks(callbacks or [], loggers or []),
+    return instantiate(trainer_cfg, callbacks=callbacks or [],
                        logger=loggers if loggers else False, plugins=[AtomicCheckpointIO()], _convert_="all")
 
 
@@ -236,13 +235,6 @@ def ddp_strategy(strategy: Any) -> Any:
     if isinstance(strategy, str) and strategy in _DDP_FAMILIES:
         return f"{strategy}_find_unused_parameters_true"
     return strategy
-
-
-def _without_logger_callbacks(callbacks: list, loggers: list) -> list:
-    """Returns `callbacks` without the ones that need a logger (LearningRateMonitor) when there is none."""
-    if loggers:
-        return callbacks
-    return [cb for cb in callbacks if not isinstance(cb, pl.callbacks.LearningRateMonitor)]
 
 
 def _init_weights(cfg: DictConfig, module: pl.LightningModule, resuming: bool) -> None:

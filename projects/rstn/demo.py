@@ -19,6 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from common.checkpoint import checkpoint_progress
 from common.io.atomic import save_json
 from common.io.cache import VolumeCache
 from common.io.nifti import save_nifti
@@ -45,8 +46,7 @@ def _compose(config: str, overrides: list[str]):
 
 def _steps(run_dir: Path, planes: str) -> dict[str, int]:
     """Returns the global step of each plane's last checkpoint."""
-    return {p: int(torch.load(run_dir / p / "checkpoints" / "last.ckpt", map_location="cpu",
-                              weights_only=False)["global_step"]) for p in planes}
+    return {p: checkpoint_progress(run_dir / p / "checkpoints" / "last.ckpt")[0] for p in planes}
 
 
 def _baseline(cache: VolumeCache, train: list[str], test: list[str]) -> tuple[list[float], float]:

@@ -109,6 +109,8 @@ class Inference(NamedTuple):
 #: Inference field -> where the checkpoint's settings hold it (`eval.*`: conf/spin/eval.yaml unless stored).
 SETTINGS = {"n_chunk": "data.n_chunk", "batch_size": "eval.batch_size", "tta_flip": "eval.tta_flip",
             "max_memory": "eval.max_memory"}
+#: Settings a checkpoint may lack (written before they existed): their value then.
+OPTIONAL = {"max_memory": {"default": None}}
 #: Inference field -> the predict flag that overrides the checkpoint's value.
 FLAGS = {"batch_size": "--batch-size", "tta_flip": "--tta-flip", "max_memory": "--max-memory"}
 
@@ -128,8 +130,7 @@ def inference_of(ckpt: str | Path, run_config: dict | None, overrides: Mapping[s
     """
     settings = CheckpointSettings(ckpt, run_config, project="spin")
     overrides, flags = overrides or {}, FLAGS if flags is None else flags
-    values = {field: settings.get(key, overrides.get(field), flags.get(field),
-                                  **({"default": None} if field == "max_memory" else {}))
+    values = {field: settings.get(key, overrides.get(field), flags.get(field), **OPTIONAL.get(field, {}))
               for field, key in SETTINGS.items()}
     try:
         max_memory = parse_memory(values["max_memory"])
