@@ -66,7 +66,7 @@ def _autocast(precision: str, model: RSTN) -> contextlib.AbstractContextManager:
 
 
 def predict_plane(image: np.ndarray, plane: str, model: RSTN, batch_size: int = 8,
-                  precision: str = "32") -> np.ndarray:
+                  precision: str = "32", max_memory: int | None = None) -> np.ndarray:
     """Returns the coarse probabilities float32 [D0, D1, D2] of one plane (3-slice averaged).
 
     Args:
@@ -75,13 +75,15 @@ def predict_plane(image: np.ndarray, plane: str, model: RSTN, batch_size: int = 
         model: the plane's RSTN (eval mode).
         batch_size: slice triplets per forward pass.
         precision: "32" or "bf16" (autocast).
+        max_memory: peak resident bytes of the process: fewer triplets per pass when `batch_size` would exceed it.
     """
     def run(batch: torch.Tensor) -> torch.Tensor:
         with _autocast(precision, model):
             return model.forward_coarse(_like_model(batch, model)).float()
 
     axis = plane_axis(plane)
-    return average_triplets(predict_by_slices(run, image, axis, context=1, batch_size=batch_size), axis)
+    return average_triplets(predict_by_slices(run, image, axis, context=1, batch_size=batch_size,
+                                              max_memory=max_memory), axis)
 
 
 def _triplets(volume: np.ndarray, axis: int, centres: Sequence[int]) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 from common.cli import exit_code_on_data_error
 from common.errors import DataError
 from common.io.nifti import save_nifti
+from common.memory import parse_memory
 from common.predict_cli import (
     Case,
     list_cases,
@@ -37,8 +38,8 @@ from projects.rstn.inference import coarse_to_fine, predict_plane
 from projects.rstn.model import RSTN
 
 
-def predict_volume(hu: np.ndarray, affine: np.ndarray, models: dict[str, RSTN], protocol: Protocol
-                   ) -> np.ndarray:
+def predict_volume(hu: np.ndarray, affine: np.ndarray, models: dict[str, RSTN], protocol: Protocol,
+                   max_memory: int | None = None) -> np.ndarray:
     """Returns the uint8 mask [X, Y, Z] of a HU volume indexed like its NIfTI file (eval's coarse2fine stage).
 
     Args:
@@ -46,10 +47,12 @@ def predict_volume(hu: np.ndarray, affine: np.ndarray, models: dict[str, RSTN], 
         affine: its [4, 4] affine (only used to keep the layout round trip exact).
         models: plane -> RSTN (any subset of X, Y, Z).
         protocol: the coarse-to-fine settings (see `protocol_of`).
+        max_memory: peak resident bytes of the process: fewer coarse slices per pass when needed (None: no budget).
     """
     image, cache_affine, axes = LAYOUT.to_cache(window(hu).astype(np.float32), affine)
     with torch.no_grad():
-        coarse = {p: predict_plane(image, p, m, protocol.batch_size, protocol.precision) for p, m in models.items()}
+        coarse = {p: predict_plane(image, p, m, protocol.batch_size, protocol.precision, max_memory)
+                  for p, m in models.items()}
         result = coarse_to_fine(image, models, coarse, protocol.max_rounds, protocol.stop_inter_dsc,
                                 protocol.threshold, protocol.margin, protocol.post_ratio,
                                 precision=protocol.precision, batch_size=protocol.fine_batch_size)
@@ -83,10 +86,10 @@ def plane_checkpoints(items: Sequence[str]) -> dict[str, Path]:
     return {plane: Path(path) for plane, path in pairs.items()}
 
 
-def predict_case(case: Case, models: dict[str, RSTN], protocol: Protocol) -> Path:
+def predict_case(case: Case, models: dict[str, RSTN], protocol: Protocol, max_memory: int | None = None) -> Path:
     """Writes the uint8 mask of one case (NIfTI file or DICOM series) to `case.target`; returns it."""
     volume = load_ct(case)
-    mask = predict_volume(volume.data, volume.affine, models, protocol)
+    mask = predict_volume(volume.data, volume.affine, models, protocol, max_memory)
     return save_nifti(case.target, mask, volume.affine, header=volume.header, dtype=np.uint8)
 
 
@@ -105,13 +108,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         + overrides.format("margin"))
     parser.add_argument("--threshold", type=float, default=None, help=overrides.format("threshold"))
     parser.add_argument("--post-ratio", type=float, default=None, help=overrides.format("post_ratio"))
+    parser.add_argument("--max-memory", default=None,
+                        help="peak memory, e.g. 4G: fewer coarse slices per pass when needed (default: no budget)")
     args = parse_predict_args(parser, argv)
+    try:
+        max_memory = parse_memory(args.max_memory)
+    except ValueError as err:
+        raise DataError(None, f"--max-memory: {err}") from None
     cases = list_cases(args.input, args.output, dicom=True)
     checkpoints = plane_checkpoints(args.ckpt)
     models = {p: load_plane_model(path).to(args.device) for p, path in checkpoints.items()}
     protocol = protocol_of(next(iter(checkpoints.values())), {name: getattr(args, name) for name in FLAGS}, FLAGS,
                            precision=args.precision)
-    predict_cases(cases, lambda case: predict_case(case, models, protocol), "RSTN")
+    predict_cases(cases, lambda case: predict_case(case, models, protocol, max_memory), "RSTN")
     return 0
 
 

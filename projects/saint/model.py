@@ -273,7 +273,8 @@ class SAINT(MSRNet):
         """Returns the parameters of the MSR stage (everything but `RFN`)."""
         return [p for name, p in self.named_parameters() if not name.startswith("RFN.")]
 
-    def _marginal(self, vol: torch.Tensor, axis: int, dist: torch.Tensor, plane_batch: int) -> torch.Tensor:
+    def _marginal(self, vol: torch.Tensor, axis: int, dist: torch.Tensor, plane_batch: int,
+                  max_memory: int | None = None) -> torch.Tensor:
         """Returns `[X, Y, Z * F]`: the MSR applied to every plane perpendicular to `axis` (0 or 1), in batches.
 
         Neighbours beyond the first and last plane are zero, as in the reference.
@@ -282,11 +283,11 @@ class SAINT(MSRNet):
             return interleave(self(planes, dist).float()).clamp_(0.0, MAX_INTENSITY)
 
         return predict_by_slices(predict, vol, axis=axis, context=1, batch_size=plane_batch, pad_value=0.0,
-                                 device=dist.device)
+                                 device=dist.device, max_memory=max_memory)
 
     @torch.no_grad()
     def infer_views(self, vol: torch.Tensor, spacing: Sequence[float], f: int,
-                    plane_batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    plane_batch: int | None = None, max_memory: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the two marginal super-resolutions of a thick-slice volume.
 
         Args:
@@ -295,6 +296,8 @@ class SAINT(MSRNet):
             f: integer factor; high-resolution slice `z * f + k` is phase k of low-resolution slice z.
             plane_batch: planes per forward pass (memory: about `plane_batch * H * Z_lr * 4 kB` at g0=64);
                 None: as many as fit in `PIXELS_PER_PASS` pixels.
+            max_memory: peak resident bytes of the process: fewer planes per pass when the batch above would
+                exceed it (`common.inference.predict_by_slices`).
 
         Returns:
             `(view_x, view_y)`, each `[X, Y, Z_lr * f]` float32 clamped to [0, 4000]: from planes of
@@ -308,7 +311,8 @@ class SAINT(MSRNet):
         x_count, y_count, z_lr = vol.shape
         batch_x = plane_batch or max(1, PIXELS_PER_PASS // (y_count * z_lr))
         batch_y = plane_batch or max(1, PIXELS_PER_PASS // (x_count * z_lr))
-        return self._marginal(vol, 0, dist_x, batch_x), self._marginal(vol, 1, dist_y, batch_y)
+        view_x = self._marginal(vol, 0, dist_x, batch_x, max_memory)
+        return view_x, self._marginal(vol, 1, dist_y, batch_y, max_memory)
 
     @torch.no_grad()
     def fuse(self, view_x: torch.Tensor, view_y: torch.Tensor, mode: str = "rfn",
@@ -337,9 +341,9 @@ class SAINT(MSRNet):
         return out
 
     def infer_volume(self, vol: torch.Tensor, spacing: Sequence[float], f: int, fuse: str = "rfn",
-                     plane_batch: int | None = None) -> torch.Tensor:
+                     plane_batch: int | None = None, max_memory: int | None = None) -> torch.Tensor:
         """Returns the thin-slice volume `[X, Y, Z_lr * f]` float32 in [0, 4000] (see `infer_views`, `fuse`)."""
-        view_x, view_y = self.infer_views(vol, spacing, f, plane_batch)
+        view_x, view_y = self.infer_views(vol, spacing, f, plane_batch, max_memory)
         return self.fuse(view_x, view_y, fuse)
 
 

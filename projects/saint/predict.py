@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from common.cli import exit_code_on_data_error
 from common.errors import DataError
 from common.io.nifti import save_nifti, scale_axis_affine, voxel_spacing
+from common.memory import parse_memory
 from common.predict_cli import Case, list_cases, load_ct, parse_predict_args, predict_cases, predict_parser
 from common.runtime import autocast, set_threads
 from common.settings import CONF_ROOT
@@ -39,7 +40,8 @@ from projects.saint.model import SAINT
 
 
 def synthesise_hu(net: SAINT, hu: np.ndarray, spacing: tuple[float, float, float], factor: int,
-                  fuse: str = "rfn", plane_batch: int | None = None, precision: str = "32") -> np.ndarray:
+                  fuse: str = "rfn", plane_batch: int | None = None, precision: str = "32",
+                  max_memory: int | None = None) -> np.ndarray:
     """Returns the thin-slice volume in HU, float32 `[X, Y, Z * factor]`, for a thick-slice `[X, Y, Z]` in HU.
 
     Args:
@@ -50,12 +52,13 @@ def synthesise_hu(net: SAINT, hu: np.ndarray, spacing: tuple[float, float, float
         fuse: "rfn" or "mean".
         plane_batch: planes per pass (None: by pixel budget).
         precision: "32" or "bf16" (autocast on the network's device).
+        max_memory: peak resident bytes of the process: fewer planes per pass when needed (None: no budget).
     """
     sx, sy, sz = spacing
     lr = torch.from_numpy(offset_intensities(hu).astype(np.float32))
     device = str(next(net.parameters()).device)
     with torch.inference_mode(), autocast(precision, device):
-        sr = net.infer_volume(lr, (sx, sy, sz / factor), factor, fuse, plane_batch)
+        sr = net.infer_volume(lr, (sx, sy, sz / factor), factor, fuse, plane_batch, max_memory)
     return sr.float().cpu().numpy() - HU_OFFSET
 
 
@@ -75,7 +78,8 @@ def load_predictor(ckpt: str | Path, factor: int | None = None, fuse: str | None
     return net.to(device), run
 
 
-def predict_case(case: Case, net: SAINT, run: Inference, precision: str = "32") -> Path:
+def predict_case(case: Case, net: SAINT, run: Inference, precision: str = "32",
+                 max_memory: int | None = None) -> Path:
     """Writes the thin-slice NIfTI of one case (NIfTI file or DICOM series) to `case.target`; returns it.
 
     Raises:
@@ -88,25 +92,27 @@ def predict_case(case: Case, net: SAINT, run: Inference, precision: str = "32") 
         raise DataError(case.source, f"needs at least 2 slices along the axial axis {axis}, got {volume.shape}")
     lr, lr_affine = axes.to_cache(volume.data, volume.affine)
     hu = synthesise_hu(net, lr, tuple(float(s) for s in voxel_spacing(lr_affine)), run.factor,
-                       run.fuse, run.plane_batch, precision)
+                       run.fuse, run.plane_batch, precision, max_memory)
     thin, _ = axes.to_file(hu, lr_affine)
     affine = scale_axis_affine(volume.affine, axis, run.factor, anchor="first")
     return save_nifti(case.target, thin, affine, header=volume.header, dtype=np.int16)
 
 
 def predict_file(input_path: str | Path, output_path: str | Path, ckpt: str | Path, factor: int | None = None,
-                 fuse: str | None = None, plane_batch: int | None = None, precision: str = "32") -> Path:
+                 fuse: str | None = None, plane_batch: int | None = None, precision: str = "32",
+                 max_memory: int | None = None) -> Path:
     """Writes the thin-slice NIfTI of one thick-slice NIfTI file or DICOM series; returns the output path.
 
     Args:
         factor, fuse, plane_batch: override the checkpoint's settings when given (see the module docstring).
+        max_memory: peak resident bytes of the process (None: planes per pass from `plane_batch` only).
 
     Raises:
         DataError: unreadable input or checkpoint, or fewer than 2 slices.
     """
     net, run = load_predictor(ckpt, factor, fuse, plane_batch)
     case = list_cases(input_path, output_path, dicom=True)[0]
-    return predict_case(case, net, run, precision)
+    return predict_case(case, net, run, precision, max_memory)
 
 
 #: Inference field -> the flag that overrides the checkpoint's value.
@@ -120,12 +126,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factor", type=int, default=None, help="default: the checkpoint's model.eval_factors[0]")
     parser.add_argument("--fuse", choices=["rfn", "mean"], default=None, help="default: the checkpoint's")
     parser.add_argument("--plane-batch", type=int, default=None, help="planes per pass (default: the checkpoint's)")
+    parser.add_argument("--max-memory", default=None,
+                        help="peak memory, e.g. 4G: fewer planes per pass when needed (default: no budget)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: by load)")
     args = parse_predict_args(parser, argv)
+    try:
+        max_memory = parse_memory(args.max_memory)
+    except ValueError as err:
+        raise DataError(None, f"--max-memory: {err}") from None
     set_threads(args.threads)
     cases = list_cases(args.input, args.output, dicom=True)
     net, run = load_predictor(args.ckpt, args.factor, args.fuse, args.plane_batch, args.device)
-    predict_cases(cases, lambda case: predict_case(case, net, run, args.precision), "SAINT")
+    predict_cases(cases, lambda case: predict_case(case, net, run, args.precision, max_memory), "SAINT")
     return 0
 
 

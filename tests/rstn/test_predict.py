@@ -149,3 +149,15 @@ def test_a_dicom_series_gives_the_mask_of_its_nifti(demo_run: dict) -> None:
     assert np.asarray(expected.dataobj).any()
     np.testing.assert_array_equal(np.asarray(nib.load(output).dataobj), np.asarray(expected.dataobj))
     np.testing.assert_allclose(nib.load(output).affine, ct.affine, atol=1e-4)
+
+
+def test_a_memory_budget_changes_the_passes_not_the_mask(demo_run: dict, capsys) -> None:
+    """`--max-memory` at the current resident size leaves the fewest slices per coarse pass: the same mask."""
+    from common.memory import resident_bytes
+
+    expected = np.asarray(nib.load(demo_run["eval_mask"]).dataobj)
+    np.testing.assert_array_equal(_predict(demo_run, "budget.nii.gz", "--max-memory", str(resident_bytes())),
+                                  expected)
+    assert main(["--input", str(demo_run["ct"]), "--output", str(demo_run["out"] / "bad.nii.gz"),
+                 "--ckpt", f"Z={demo_run['ckpt']}", "--max-memory", "lots"]) == 2
+    assert "--max-memory" in capsys.readouterr().err and not (demo_run["out"] / "bad.nii.gz").exists()

@@ -161,3 +161,15 @@ def test_linear_skip_reads_the_phase_fraction_off_the_distance_map() -> None:
                   skip="linear")
     lr = torch.rand(2, 3, 5, 3) * 4000
     torch.testing.assert_close(model(lr, dist), linear_phases(lr[:, 1], dist))
+
+
+def test_a_memory_budget_gives_the_same_views() -> None:
+    """A budget that allows few planes per pass changes the batching, not the result."""
+    from common.memory import resident_bytes
+
+    model = tiny_saint(1)
+    vol = torch.rand(13, 11, 5) * 4000
+    expected = model.infer_views(vol, (0.7, 0.9, 1.5), 3, plane_batch=13)
+    budgeted = model.infer_views(vol, (0.7, 0.9, 1.5), 3, plane_batch=13, max_memory=resident_bytes())
+    for a, b in zip(budgeted, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-2)

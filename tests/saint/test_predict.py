@@ -46,9 +46,9 @@ def _plane_batches(fn, *args) -> tuple[Any, set]:
     batches = set()
     infer_views = SAINT.infer_views
 
-    def spy(self, vol, spacing, f, plane_batch=None):
+    def spy(self, vol, spacing, f, plane_batch=None, max_memory=None):
         batches.add(plane_batch)
-        return infer_views(self, vol, spacing, f, plane_batch)
+        return infer_views(self, vol, spacing, f, plane_batch, max_memory)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(SAINT, "infer_views", spy)
@@ -129,3 +129,16 @@ def test_a_dicom_series_gives_the_voxels_of_its_nifti(demo_run: dict) -> None:
     predicted = load_nifti(output, dtype=np.float32)
     np.testing.assert_array_equal(predicted.data, expected.data)
     np.testing.assert_allclose(predicted.affine, expected.affine, atol=1e-4)
+
+
+def test_a_memory_budget_changes_the_passes_not_the_volume(demo_run: dict, capsys) -> None:
+    """`--max-memory` at the current resident size leaves the fewest planes per pass: the same HU to rounding."""
+    from common.memory import resident_bytes
+
+    expected = load_nifti(demo_run["eval"] / "x3" / f"{HELD_OUT}.nii.gz", dtype=np.float32)
+    budgeted = _predict(demo_run, "budget.nii.gz", "--max-memory", str(resident_bytes()))
+    np.testing.assert_allclose(budgeted.data, expected.data, atol=1)
+    np.testing.assert_allclose(budgeted.affine, expected.affine, atol=1e-4)
+    assert main(["--input", str(demo_run["thick"]), "--output", str(demo_run["out"] / "bad.nii.gz"),
+                 "--ckpt", str(demo_run["ckpt"]), "--max-memory", "lots"]) == 2
+    assert "--max-memory" in capsys.readouterr().err and not (demo_run["out"] / "bad.nii.gz").exists()
