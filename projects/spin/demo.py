@@ -25,7 +25,7 @@ from scipy import ndimage
 from common.io.atomic import save_json
 from common.io.cache import VolumeCache
 from common.run import CONF_ROOT, load_module, train
-from common.runtime import set_threads
+from common.runtime import choose_precision, set_threads
 from projects.spin.data import volume_xyz
 from projects.spin.eval import score_masks
 from projects.spin.predict import logits_function, predict_volume, prepare_network, segment_nifti
@@ -87,7 +87,10 @@ def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     ckpt = run_dir / "checkpoints" / "best.ckpt"
     module = load_module(cfg, ckpt if ckpt.exists() else run_dir / "checkpoints" / "last.ckpt").eval()
-    logits_fn = logits_function(prepare_network(module, int(cfg.data.n_chunk)))
+    # bf16 where the CPU computes it natively: 0.54x the fp32 CPU time of a SPiN scan there
+    # (benchmarks/results/speed_levers.md); fp32 elsewhere
+    precision = choose_precision("auto")
+    logits_fn = logits_function(prepare_network(module, int(cfg.data.n_chunk)), bf16=precision == "bf16")
 
     def predict(scan: str) -> np.ndarray:
         return predict_volume(logits_fn, np.asarray(volume_xyz(cache, scan, "t1")), int(cfg.data.n_chunk))
@@ -109,7 +112,7 @@ def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Any]:
                                     "baseline": baseline_scores["small_lesion"]["dice"],
                                     "n_slices": model_scores["n_small_slices"]},
               "model_scores": model_scores["mean"], "baseline_scores": baseline_scores["mean"],
-              "baseline_params": tuned, "torch_threads": torch.get_num_threads()}
+              "baseline_params": tuned, "torch_threads": torch.get_num_threads(), "inference_precision": precision}
     save_json(out / "result.json", result)
     return result
 
