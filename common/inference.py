@@ -44,6 +44,8 @@ def predict_by_slices(predict_fn: Callable[[torch.Tensor], torch.Tensor], volume
         max_memory: a peak resident memory (bytes) for the whole process: the slices per pass are then the most
             that fit beside what the process already holds and the stitched result, from the memory that
             passes of 1 and 2 slices are measured to need (`common.memory.batch_for_budget`; CPU only).
+            A `common.compiled.FixedBatch` predictor gets every batch padded to one size (its graph compiles
+            once), and the budget's probes run its eager function.
 
     Returns:
         The predictions with the slicing axis put back in place: `[X, Y, Z]`-like (`h', w'` may differ from `h, w`)
@@ -67,15 +69,20 @@ def predict_by_slices(predict_fn: Callable[[torch.Tensor], torch.Tensor], volume
         return padded[torch.as_tensor(index)].to(device)
 
     if max_memory is not None:
-        batch_size = batch_for_budget(lambda size: predict_fn(batch_of(n // 2, size)), max_memory, batch_size,
+        probe = getattr(predict_fn, "eager", predict_fn)
+        batch_size = batch_for_budget(lambda size: probe(batch_of(n // 2, size)), max_memory, batch_size,
                                       n_items=n)
+    fixed = min(batch_size, n) if getattr(predict_fn, "fixed_batch", False) else 0
     result: torch.Tensor | None = None  # [n, h', w'] or [n, C, h', w'], filled batch by batch
     for start in range(0, n, batch_size):
         batch = batch_of(start, batch_size)
-        pred = predict_fn(batch).to("cpu", out_dtype)
+        count = len(batch)
+        if count < fixed:  # the compiled graph's one shape: repeat the last slice, keep `count` outputs
+            batch = torch.cat([batch, batch[-1:].expand(fixed - count, *batch.shape[1:])])
+        pred = predict_fn(batch)[:count].to("cpu", out_dtype)
         if result is None:  # preallocated once: no list of batches concatenated at the end
             result = torch.empty((n, *pred.shape[1:]), dtype=out_dtype)
-        result[start:start + len(batch)] = pred
+        result[start:start + count] = pred
     assert result is not None
     if result.dim() == 3:
         return result.movedim(0, axis)

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from common.checkpoint import module_from_checkpoint
 from common.cli import progress
+from common.compiled import maybe_compiled
 from common.eval_report import write_eval_report
 from common.io.cache import VolumeCache
 from common.io.nifti import save_nifti
@@ -96,7 +97,8 @@ def evaluate_spin(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     cache = VolumeCache(datamodule.hparams.cache_dir)
     scan_ids = datamodule.sets[cfg.eval.split]
-    logits_fn = logits_function(prepare_network(module, run.n_chunk), run.tta_flip, precision == "bf16")
+    logits_fn = maybe_compiled(logits_function(prepare_network(module, run.n_chunk), run.tta_flip,
+                                               precision == "bf16"), bool(cfg.eval.get("compile", False)))
 
     def predict_mask(scan: str) -> np.ndarray:
         t1, affine = ras_volume(cache, scan, "t1")

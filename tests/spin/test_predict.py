@@ -218,3 +218,14 @@ def test_folded_network_and_memory_budget_keep_the_logits() -> None:
     folded = predict_volume(logits_function(wrapper.net), t1, 5, batch_size=12, return_logits=True,
                             max_memory=resident_bytes() + 2**20)  # room for few slices
     np.testing.assert_allclose(folded, plain, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_predict_and_eval_give_the_eager_masks(demo_run: dict) -> None:
+    """`--compile` / `eval.compile=true`: one compiled graph, the last short batch padded; the same voxels."""
+    expected = np.asarray(_predict(demo_run, "eager.nii.gz").dataobj)
+    np.testing.assert_array_equal(np.asarray(_predict(demo_run, "compiled.nii.gz", "--compile").dataobj), expected)
+    out = _eval(demo_run, "eval_compiled", "eval.compile=true")
+    for mask in (demo_run["eval"] / "masks").glob("*.nii.gz"):
+        np.testing.assert_array_equal(np.asarray(nib.load(out / "masks" / mask.name).dataobj),
+                                      np.asarray(nib.load(mask).dataobj))
