@@ -18,7 +18,7 @@ export PYTHONWARNINGS := ignore::DeprecationWarning
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 1099511627776
 
-.PHONY: install test test-slow test-all demo lint bench tensorboard clean model-card
+.PHONY: install test test-slow test-all demo lint bench bench-speed tensorboard clean model-card
 
 install: $(STAMP)
 
@@ -47,6 +47,10 @@ demo: install
 
 bench: install
 	$(PY) -m benchmarks.run_all
+
+# Speed rows only (efficiency against the fp32 matmul, the reference's row, the CPU's bf16/AMX flags), ~25 min.
+bench-speed: install
+	$(PY) -m benchmarks.run_all --speed
 
 model-card: install
 	$(PY) -m common.model_card

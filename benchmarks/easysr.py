@@ -142,7 +142,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and epochs (a smoke run)")
     parser.add_argument("--only", choices=["quality", "speed"], help="run one part, keep the other's last rows")
+    parser.add_argument("--skip-quality", action="store_const", const="speed", dest="only",
+                        help="the speed rows only (--only speed), as in the other benchmarks")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     repeat = 1 if args.quick else 2
     quality, speed = [], []
     if args.only != "speed":

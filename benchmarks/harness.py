@@ -228,7 +228,9 @@ def speed_row(project: str, kind: str, name: str, timing: dict[str, float], **ex
     Returns:
         The row: `seconds`, `efficiency`, the reference's `ref_seconds` on the machine of `reference_day()`
         (`ref_machine`), `speedup` = ref_seconds / seconds and the `target_speedup` (2 for whole volumes, else
-        1.5), the reference's efficiency of 2026-12-07 and its peak memory where PERF.md has them.
+        1.5), the reference's efficiency of 2026-12-07 and its peak memory where PERF.md has them, and
+        `speedup_by_efficiency` = efficiency / the reference's: the time ratio of the two on one machine when
+        both compute the same FLOPs (the fp32 rows; a bf16 row's efficiency is against the fp32 matmul).
     """
     ref = REFERENCE[(project, kind)]
     day = reference_day()
@@ -242,4 +244,8 @@ def speed_row(project: str, kind: str, name: str, timing: dict[str, float], **ex
     row.update(ref_seconds=ref["seconds"][day], ref_machine=f"{day}: {REFERENCE_MACHINES[day]}",
                speedup=round(ref["seconds"][day] / seconds, 2), target_speedup=2.0 if kind == "volume" else 1.5,
                ref_efficiency_12_07=ref["efficiency"], ref_peak_mb=ref.get("peak_mb"))
+    # the same FLOPs at both efficiencies on one machine: the speed-up that the machine-to-machine drift of the
+    # seconds above cannot blur
+    row["speedup_by_efficiency"] = round(row["efficiency"] / ref["efficiency"], 2) \
+        if row["efficiency"] is not None and ref["efficiency"] else None
     return row

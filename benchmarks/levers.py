@@ -4,7 +4,8 @@ On a shared machine whose load drifts, wall times of rows measured minutes apart
 seconds on one thread, with the variants run in turn in one process, are. Rows: SPiN and the EasySR generator
 (paper size, random weights, non-trivial BatchNorm statistics) plain, with BatchNorm folded (`common.fold`),
 folded + channels_last and folded + bf16 autocast; then SPiN slices per pass fixed (32, 8) against a 1.7G budget
-(`common.memory`), with the peak resident memory of each call.
+(`common.memory`), with the peak resident memory of each call; with `--graphs`, SPiN eager against a frozen
+TorchScript graph and `torch.compile` (`common.compiled`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from benchmarks.harness import print_table
+from common.compiled import FixedBatch
 from common.fold import fold_batchnorm
 from common.memory import high_water_of, parse_memory
 from projects.easysr.infer import upsample_normalised
@@ -66,6 +68,38 @@ def lever_cases(slices: int) -> dict[str, Callable[[], object]]:
             "EasySR G BN folded bf16": lambda: upsample_normalised(gen_folded, lr, precision="bf16")}
 
 
+class _Logits(torch.nn.Module):
+    """SPiN's `[B, H, W]` logits as one tensor output (what TorchScript traces)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)["logits"][:, 0]
+
+
+def graph_cases(slices: int) -> tuple[dict[str, Callable[[], object]], dict[str, float]]:
+    """Returns name -> SPiN (BatchNorm folded, fp32) eager, as a frozen TorchScript graph and compiled
+    (`common.compiled.FixedBatch`), with the wall seconds each graph took to build."""
+    net = fold_batchnorm(_trained_like(SPiN()), torch.randn(1, 5, 64, 64))[0].eval()
+    scan = np.random.default_rng(0).uniform(0, 100, (197, 233, slices)).astype(np.float32)
+    eager = logits_function(net)
+    build: dict[str, float] = {}
+    start = time.perf_counter()
+    with torch.no_grad():
+        traced = torch.jit.trace(_Logits(net), torch.randn(8, 5, 197, 233), strict=False)
+        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+    build["SPiN BN folded fp32 frozen TorchScript"] = time.perf_counter() - start
+    compiled = FixedBatch(eager)
+    start = time.perf_counter()
+    predict_volume(compiled, scan[..., :8], 5, 8)
+    build["SPiN BN folded fp32 compiled"] = time.perf_counter() - start
+    return ({"SPiN BN folded fp32 eager": lambda: predict_volume(eager, scan, 5, 8),
+             "SPiN BN folded fp32 frozen TorchScript": lambda: predict_volume(frozen, scan, 5, 8),
+             "SPiN BN folded fp32 compiled": lambda: predict_volume(compiled, scan, 5, 8)}, build)
+
+
 def budget_cases(slices: int) -> dict[str, Callable[[], object]]:
     """Returns name -> a SPiN segmentation of `slices` slices with a fixed batch or a memory budget."""
     fn = logits_function(_trained_like(SPiN()))
@@ -97,11 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=16, help="SPiN slices of the lever rows")
     parser.add_argument("--budget-slices", type=int, default=32, help="SPiN slices of the budget rows")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--graphs", action="store_true",
+                        help="also SPiN as a frozen TorchScript graph and compiled (about 2 minutes to build)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     load = os.getloadavg()[0]
     print_table(interleaved(lever_cases(args.slices), args.repeat), f"levers, 1 thread, load average {load:.1f}")
     print_table(interleaved(budget_cases(args.budget_slices), 2), "SPiN slices per pass against a memory budget")
+    if args.graphs:
+        cases, build = graph_cases(args.slices)
+        rows = [{**row, "build_s": build.get(row["row"], 0.0)} for row in interleaved(cases, args.repeat)]
+        print_table(rows, "SPiN graphs, 1 thread (build_s: wall seconds to trace/freeze or compile)")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`make bench`: runs every benchmark script in its own process and reports which failed."""
+"""`make bench` (`make bench-speed`: speed rows only): every benchmark script in its own process; which failed."""
 
 from __future__ import annotations
 
@@ -10,13 +10,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def main() -> int:
-    scripts = sorted(p.stem for p in HERE.glob("*.py") if p.stem not in {"__init__", "harness", "run_all"})
+def main(argv: list[str] | None = None) -> int:
+    """Runs every project benchmark (`--speed`: their speed rows only, `--skip-quality` passed on)."""
+    args = sys.argv[1:] if argv is None else argv
+    speed_only = "--speed" in args
+    extra = ["--skip-quality"] if speed_only else []
+    skip = {"__init__", "harness", "run_all", *({"levers"} if speed_only else set())}
+    scripts = sorted(p.stem for p in HERE.glob("*.py") if p.stem not in skip)
     failed = []
     for name in scripts:
         print(f"\n=== benchmarks/{name}.py ===", flush=True)
         start = time.perf_counter()
-        code = subprocess.run([sys.executable, "-m", f"benchmarks.{name}"], cwd=HERE.parent).returncode
+        code = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *extra], cwd=HERE.parent).returncode
         print(f"=== {name}: exit {code} in {time.perf_counter() - start:.0f} s ===", flush=True)
         if code:
             failed.append(name)

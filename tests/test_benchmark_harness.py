@@ -44,3 +44,17 @@ def test_results_record_the_cpu_flags_that_decide_bf16(tmp_path: Path, monkeypat
     saved = json.loads(harness.write_results("y", []).read_text())["machine"]
     assert saved["cpu_flags"] == ["amx_bf16", "avx512f"] and saved["fp32_matmul_4096_gflops"] == 2.0
     assert saved["bf16_hardware"] is True  # AMX
+
+
+def test_a_speed_row_sets_ours_beside_the_reference_of_a_machine_like_this(monkeypatch: pytest.MonkeyPatch) -> None:
+    timing = {"median_s": 2.0, "gflop": 100.0, "matmul_gflops": 200.0, "peak_rss_mb": 10.0}
+    monkeypatch.setattr(harness, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    row = harness.speed_row("spin", "volume", "fp32", timing)
+    assert row["efficiency"] == 0.25 and row["ref_seconds"] == 20.6  # the AMD bf16 machine's reference time
+    assert row["speedup"] == round(20.6 / 2.0, 2) and row["target_speedup"] == 2.0
+    assert row["speedup_by_efficiency"] == round(0.25 / 0.30, 2)
+    monkeypatch.setattr(harness, "cpu_flags", lambda: {"avx512f"})
+    row = harness.speed_row("spin", "step", "fp32", timing)
+    assert row["ref_seconds"] == 4.22 and row["target_speedup"] == 1.5  # the Intel machine's, no bf16
+    row = harness.speed_row("easysr", "volume", "fp32", timing)
+    assert row["speedup_by_efficiency"] is None  # the reference's efficiency is not recorded
