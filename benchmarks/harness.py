@@ -174,9 +174,22 @@ def previous_rows(name: str, keep: Callable[[dict[str, Any]], bool]) -> list[dic
 def write_results(name: str, rows: Sequence[dict[str, Any]], **extra: Any) -> Path:
     """Writes `benchmarks/results/<name>.json` (rows + machine + timestamp) atomically and returns its path."""
     path = RESULTS_DIR / f"{name}.json"
-    save_json(path, {"name": name, "machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    host = machine()
+    save_json(path, {"name": name, "machine": host, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "rows": list(rows), **extra})
+    print(f"\nmachine: {machine_line(host)}")
     return path
+
+
+def machine_line(host: dict[str, Any]) -> str:
+    """Returns one line naming a results file's machine: CPU, cores, threads, the flags that decide bf16, matmul."""
+    if "cpu_flags" in host:
+        flags = " ".join(f for f in host["cpu_flags"] if f.startswith(("avx512_bf16", "amx"))) or "none"
+        bf16 = f"bf16/AMX flags: {flags} (bf16 hardware: {'yes' if host.get('bf16_hardware') else 'no'})"
+    else:
+        bf16 = "CPU flags not recorded"
+    return (f"{host.get('cpu')}, {host.get('cores')} cores, {host.get('threads')} threads; {bf16}; fp32 matmul 4096: "
+            f"{host.get('fp32_matmul_4096_gflops')} GFLOP/s; load average {host.get('load_average', 0):.1f}")
 
 
 #: The machines of PERF.md's reference timings (2 cores each, fp32, 2 threads).

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.summary import summary
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -15,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     speed_only = "--speed" in args
     extra = ["--skip-quality"] if speed_only else []
-    skip = {"__init__", "harness", "run_all", *({"levers"} if speed_only else set())}
+    skip = {"__init__", "harness", "run_all", "summary", *({"levers"} if speed_only else set())}
     scripts = sorted(p.stem for p in HERE.glob("*.py") if p.stem not in skip)
     failed = []
     for name in scripts:
@@ -25,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"=== {name}: exit {code} in {time.perf_counter() - start:.0f} s ===", flush=True)
         if code:
             failed.append(name)
+    print("\n" + summary())
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -1,0 +1,53 @@
+"""`python -m benchmarks.summary`: the speed rows of every `results/<project>.json` as one Markdown table.
+
+Each row: our time, efficiency (achieved GFLOP/s over the same run's fp32 matmul), peak memory, the reference's
+time on the machine of PERF.md most like this one, the speed-up against it and the target, and the speed-up the
+two efficiencies imply on one machine; above the table, each results file's machine (CPU, bf16/AMX flags).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import RESULTS_DIR, machine_line
+
+PROJECTS = ("saint", "spin", "rstn", "easysr", "fastmri_gen")
+COLUMNS = ("row", "seconds", "efficiency", "peak_rss_mb", "ref_seconds", "speedup", "target_speedup",
+           "speedup_by_efficiency")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def summary(results_dir: Path = RESULTS_DIR) -> str:
+    """Returns the Markdown summary of the speed rows (rows with a `ref_seconds`) of every results file."""
+    machines, lines = [], ["| project | " + " | ".join(COLUMNS) + " | met |", "|---" * (len(COLUMNS) + 2) + "|"]
+    for project in PROJECTS:
+        path = results_dir / f"{project}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        machines.append(f"- {project} ({data.get('when', '?')}): {machine_line(data.get('machine', {}))}")
+        for row in data.get("rows", []):
+            if "ref_seconds" not in row:
+                continue
+            met = "yes" if row["speedup"] >= row["target_speedup"] else "no"
+            lines.append(f"| {project} | " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + f" | {met} |")
+    return "\n".join(["Machines:", *machines, "", *lines]) + "\n"
+
+
+def main() -> int:
+    sys.stdout.write(summary())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
