@@ -54,6 +54,23 @@ def matmul_gflops(size: int = 2048, repeat: int = 3) -> float:
     return round(2 * size**3 / best / 1e9, 1)
 
 
+def copy_bandwidth(megabytes: int = 256, repeat: int = 3) -> float:
+    """Returns the best memory bandwidth in GB/s (bytes read + written) of a `megabytes` fp32 tensor copy.
+
+    With the matmul figure it gives the machine's balance: the FLOPs per byte below which an operation is bound by
+    memory, not arithmetic (a BatchNorm or activation does ~1 FLOP per 8 bytes, a convolution tens to hundreds).
+    """
+    src = torch.rand(megabytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return round(2 * src.numel() * 4 / best / 1e9, 1)
+
+
 def machine() -> dict[str, Any]:
     """Returns a description of this machine (CPU, cores, torch build, threads, fp32 matmul GFLOP/s now)."""
     cpu = platform.processor()
@@ -68,6 +85,7 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.is_available(), "python": platform.python_version(), "platform": platform.platform(),
             "fp32_matmul_gflops": matmul_gflops(), "fp32_matmul_4096_gflops": matmul_peak(),
+            "copy_gb_per_s": copy_bandwidth(),
             "load_average": os.getloadavg()[0], "allocator_tuned": tune_allocator(),
             "cpu_flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma"))),
             "bf16_hardware": has_bf16("cpu", flags)}
@@ -189,7 +207,7 @@ def machine_line(host: dict[str, Any]) -> str:
     else:
         bf16 = "CPU flags not recorded"
     return (f"{host.get('cpu')}, {host.get('cores')} cores, {host.get('threads')} threads; {bf16}; fp32 matmul 4096: "
-            f"{host.get('fp32_matmul_4096_gflops')} GFLOP/s; load average {host.get('load_average', 0):.1f}")
+            f"{host.get('fp32_matmul_4096_gflops')} GFLOP/s; copy {host.get('copy_gb_per_s', '-')} GB/s; load average {host.get('load_average', 0):.1f}")
 
 
 #: The machines of PERF.md's reference timings (2 cores each, fp32, 2 threads).
