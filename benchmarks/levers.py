@@ -1,10 +1,10 @@
-"""Inference levers compared in CPU seconds: `python -m benchmarks.levers [--slices 16] [--repeat 3]`.
+"""Inference levers compared in CPU seconds: `python -m benchmarks.levers [--slices 16] [--repeat 3] [--parts ...]`.
 
 On a shared machine whose load drifts, wall times of rows measured minutes apart are not comparable; process CPU
 seconds on one thread, with the variants run in turn in one process, are. Rows: SPiN and the EasySR generator
 (paper size, random weights, non-trivial BatchNorm statistics) plain, with BatchNorm folded (`common.fold`),
 folded + channels_last and folded + bf16 autocast; then SPiN slices per pass fixed (32, 8) against a 1.7G budget
-(`common.memory`), with the peak resident memory of each call; with `--graphs`, SPiN eager against a frozen
+(`common.memory`), with the peak resident memory of each call; with `--parts graphs`, SPiN eager against a frozen
 TorchScript graph and `torch.compile` (`common.compiled`).
 """
 
@@ -88,7 +88,7 @@ def graph_cases(slices: int) -> tuple[dict[str, Callable[[], object]], dict[str,
     build: dict[str, float] = {}
     start = time.perf_counter()
     with torch.no_grad():
-        traced = torch.jit.trace(_Logits(net), torch.randn(8, 5, 197, 233), strict=False)
+        traced = torch.jit.trace(_Logits(net).eval(), torch.randn(8, 5, 197, 233), strict=False)
         frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
     build["SPiN BN folded fp32 frozen TorchScript"] = time.perf_counter() - start
     compiled = FixedBatch(eager)
@@ -131,14 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=16, help="SPiN slices of the lever rows")
     parser.add_argument("--budget-slices", type=int, default=32, help="SPiN slices of the budget rows")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--graphs", action="store_true",
-                        help="also SPiN as a frozen TorchScript graph and compiled (about 2 minutes to build)")
+    parser.add_argument("--parts", nargs="*", choices=["levers", "budget", "graphs"], default=["levers", "budget"],
+                        help="graphs: SPiN eager, frozen TorchScript and compiled (about 2 minutes to build)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     load = os.getloadavg()[0]
-    print_table(interleaved(lever_cases(args.slices), args.repeat), f"levers, 1 thread, load average {load:.1f}")
-    print_table(interleaved(budget_cases(args.budget_slices), 2), "SPiN slices per pass against a memory budget")
-    if args.graphs:
+    if "levers" in args.parts:
+        print_table(interleaved(lever_cases(args.slices), args.repeat), f"levers, 1 thread, load average {load:.1f}")
+    if "budget" in args.parts:
+        print_table(interleaved(budget_cases(args.budget_slices), 2), "SPiN slices per pass against a memory budget")
+    if "graphs" in args.parts:
         cases, build = graph_cases(args.slices)
         rows = [{**row, "build_s": build.get(row["row"], 0.0)} for row in interleaved(cases, args.repeat)]
         print_table(rows, "SPiN graphs, 1 thread (build_s: wall seconds to trace/freeze or compile)")
