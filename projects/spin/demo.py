@@ -96,9 +96,16 @@ def tune_threshold(cache: VolumeCache, scan_ids: list[str]) -> dict[str, float]:
     return best
 
 
-def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Trains, evaluates and predicts as described in the module docstring; returns the result dict."""
-    cfg = compose_demo(out, overrides)
+def run_demo(out: Path, overrides: list[str] | None = None, precision: str = "auto") -> dict[str, Any]:
+    """Trains, evaluates and predicts as described in the module docstring; returns the result dict.
+
+    ``precision`` ("auto", "32" or "bf16") is that of training and inference; auto is bf16 where the CPU computes
+    it natively (there a demo training step takes 0.7x the fp32 time, a scan 0.54x its CPU time,
+    ``benchmarks/results/speed_levers.md``), fp32 elsewhere.
+    """
+    precision = choose_precision(precision)
+    trainer_precision = "bf16-mixed" if precision == "bf16" else "32"
+    cfg = compose_demo(out, [f"trainer.precision={trainer_precision}", *(overrides or [])])
     start = time.perf_counter()
     train(cfg)
     train_seconds = time.perf_counter() - start
@@ -108,9 +115,6 @@ def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     ckpt = run_dir / "checkpoints" / "best.ckpt"
     module = load_module(cfg, ckpt if ckpt.exists() else run_dir / "checkpoints" / "last.ckpt").eval()
-    # bf16 where the CPU computes it natively: 0.54x the fp32 CPU time of a SPiN scan there
-    # (benchmarks/results/speed_levers.md); fp32 elsewhere
-    precision = choose_precision("auto")
     logits_fn = logits_function(prepare_network(module, int(cfg.data.n_chunk)), bf16=precision == "bf16")
 
     def predict(scan: str) -> np.ndarray:
@@ -133,7 +137,7 @@ def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Any]:
                                     "baseline": baseline_scores["small_lesion"]["dice"],
                                     "n_slices": model_scores["n_small_slices"]},
               "model_scores": model_scores["mean"], "baseline_scores": baseline_scores["mean"],
-              "baseline_params": tuned, "torch_threads": torch.get_num_threads(), "inference_precision": precision}
+              "baseline_params": tuned, "torch_threads": torch.get_num_threads(), "precision": precision}
     save_json(out / "result.json", result)
     return result
 
@@ -142,10 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="outputs/demo/spin", help="output folder")
     parser.add_argument("--threads", default="auto", help="torch threads, or auto (1 on a busy CPU)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "32", "bf16"],
+                        help="training and inference (auto: bf16 where the CPU has it natively, else 32)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. trainer.max_epochs=5")
     args = parser.parse_args(argv)
     set_threads(args.threads)
-    result = run_demo(Path(args.out).resolve(), args.overrides)
+    result = run_demo(Path(args.out).resolve(), args.overrides, args.precision)
     print(f"SPiN Dice {result['model_value']:.3f} vs threshold {result['baseline_value']:.3f} on "
           f"{result['n_cases']} held-out scans (small-lesion slices: {result['small_lesion_dice']['model']:.3f} vs "
           f"{result['small_lesion_dice']['baseline']:.3f}); trained in {result['train_seconds']:.0f} s")
