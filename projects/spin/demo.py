@@ -37,7 +37,8 @@ from projects.spin.splits import load_split
 def compose_demo(out: Path, overrides: list[str] | None = None, experiment: str = "demo") -> DictConfig:
     """Returns the composed ``experiment=demo`` (or another) config with its data and run folder under ``out``.
 
-    The run folder is ``out/<experiment>``, so that TensorBoard lists the run as ``.../spin/<experiment>/tb/...``.
+    The run folder is ``out/<experiment>``, so that TensorBoard lists the run as ``.../spin/<experiment>/tb/...``;
+    ``last.ckpt`` is written with each validation (``trainer.check_val_every_n_epoch``).
     """
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_ROOT / "spin"), version_base="1.3"):
@@ -47,6 +48,9 @@ def compose_demo(out: Path, overrides: list[str] | None = None, experiment: str 
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
+        last = cfg.get("callbacks", {}).get("last_checkpoint")
+        if last is not None:  # one save per validation, not one per short epoch (50 ms each, 40 epochs)
+            last.every_n_epochs = cfg.trainer.check_val_every_n_epoch
     return cfg
 
 

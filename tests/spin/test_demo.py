@@ -13,6 +13,7 @@ from projects.spin.data import volume_xyz
 from projects.spin.demo import (
     EROSIONS,
     LEVELS,
+    compose_demo,
     dice_by_level,
     run_demo,
     threshold_mask,
@@ -71,3 +72,10 @@ def test_dice_by_level_counts_voxels_strictly_below_each_level() -> None:
     lesion = np.array([True, False, True, False, True])
     # level 20: {10} predicted, 1 hit of 3 lesion voxels -> 2/(1+3); level 31: {10, 20, 20, 30}, 2 hits -> 4/7
     assert dice_by_level(t1, interior, lesion, [5, 20, 31]) == [0.0, 0.5, 4 / 7]
+
+
+def test_demo_writes_last_checkpoint_with_each_validation(tmp_path: Path) -> None:
+    cfg = compose_demo(tmp_path)
+    assert cfg.trainer.check_val_every_n_epoch == 10 and cfg.trainer.max_epochs % 10 == 0
+    assert cfg.callbacks.last_checkpoint.every_n_epochs == 10  # the final epoch still writes last.ckpt
+    assert compose_demo(tmp_path, ["trainer.check_val_every_n_epoch=1"]).callbacks.last_checkpoint.every_n_epochs == 1
