@@ -181,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plane-batch", type=int, default=None, help="default: by pixel budget")
     parser.add_argument("--skip-speed", action="store_true",
                         help="quality rows only; the speed rows of the last results file are kept")
-    parser.add_argument("--msr-steps", type=int, default=600, help="stage-1 steps of the quality runs (the demo's)")
-    parser.add_argument("--rfn-steps", type=int, default=150, help="stage-2 steps of the quality runs (the demo's)")
+    parser.add_argument("--msr-steps", type=int, default=400, help="stage-1 steps of the quality runs (the demo's)")
+    parser.add_argument("--rfn-steps", type=int, default=60, help="stage-2 steps of the quality runs (the demo's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as the demo chooses)")
     args = parser.parse_args(argv)
     start = time.perf_counter()

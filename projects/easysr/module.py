@@ -49,6 +49,8 @@ class EasySRModule(AdversarialModule):
         freeze_generator_bn_after: epoch from which G's BN layers stay in eval mode (reference: 1), or None.
         eval_patch: LR patch for sliding-window validation of large volumes, or None for whole volumes.
         eval_ssim: compute the slice-wise SSIM during validation (slow on big volumes; always on in test).
+        channels_last: keep both networks' weights and the training inputs channels-last (`channels_last_3d`):
+            faster 3-D convolutions on CPU (a demo-size generator step 1.2x faster, fp32 and bf16).
     """
 
 
@@ -57,12 +59,15 @@ class EasySRModule(AdversarialModule):
                  scheduler: DictConfig | dict | None = None, d_scheduler: DictConfig | dict | None = None,
                  voxel_loss: str = "mse", adversarial_weight: float = 0.0, train_discriminator: bool = True,
                  double_sigmoid: bool = False, freeze_generator_bn_after: int | None = None,
-                 eval_patch: list[int] | None = None, eval_ssim: bool = True) -> None:
+                 eval_patch: list[int] | None = None, eval_ssim: bool = True, channels_last: bool = False) -> None:
         super().__init__(optimizer, d_optimizer, scheduler, d_scheduler)
         if voxel_loss not in _VOXEL_LOSSES:
             raise ValueError(f"voxel_loss must be one of {sorted(_VOXEL_LOSSES)}, got {voxel_loss!r}")
         self.generator = instantiate(generator)
         self.discriminator = instantiate(discriminator)
+        if channels_last:  # the convolutions' outputs follow the weights' layout, whatever the input's
+            self.generator = self.generator.to(memory_format=torch.channels_last_3d)
+            self.discriminator = self.discriminator.to(memory_format=torch.channels_last_3d)
         self.test_scores: dict[str, dict[str, float]] = {}  # case -> the last test run's scores
 
     @classmethod
@@ -96,6 +101,8 @@ class EasySRModule(AdversarialModule):
 
     def generator_step(self, batch: SRSample) -> GeneratorStep:
         lr, hr = batch.lr, batch.hr
+        if self.hparams.channels_last:
+            lr = lr.contiguous(memory_format=torch.channels_last_3d)
         sr = self.generator(lr)
         voxel = _VOXEL_LOSSES[self.hparams.voxel_loss](sr.float(), hr)
         logs = {"train/voxel_loss": voxel}

@@ -111,12 +111,15 @@ class ReconstructionModule(AdversarialModule):
         accelerations: accelerations reported separately in validation and test.
         paper_params: the paper's parameter counts of the reference build (the paper experiment copies them
             to the top-level `reference_params` read by the model card).
+        channels_last: keep the network's and the discriminator's weights channels-last (faster 2-D
+            convolutions on CPU: a demo-size baseline step 0.8x the time); the convolutions' outputs follow.
     """
 
     def __init__(self, net: Any, optimizer: Any = None, d_optimizer: Any = None, discriminator: Any = None,
                  scheduler: Any = None, d_scheduler: Any = None, loss: dict | None = None,
                  fidelity: dict | None = None, proxy: dict | None = None,
-                 accelerations: list[int] | tuple[int, ...] = (4, 8, 16, 32), paper_params: dict | None = None) -> None:
+                 accelerations: list[int] | tuple[int, ...] = (4, 8, 16, 32), paper_params: dict | None = None,
+                 channels_last: bool = False) -> None:
         super().__init__(optimizer, d_optimizer, scheduler, d_scheduler)
         self.fidelity = module_fidelity(fidelity)
         self.weights = {"l1": 1.0, "kl": 0.01, "proxy": 1.0, "adv": 0.01, "r1": 0.0, **(loss or {})}
@@ -126,6 +129,10 @@ class ReconstructionModule(AdversarialModule):
         self.trainable = any(p.requires_grad for p in self.net.parameters())
         use_d = discriminator is not None and self.weights["adv"] > 0 and self.trainable
         self.discriminator = instantiate(discriminator) if use_d else None
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+            if self.discriminator is not None:
+                self.discriminator = self.discriminator.to(memory_format=torch.channels_last)
         self.proxy_cfg = {"weights": None, "highpass_sigma": 0.0, "trainable": False, **(proxy or {})}
         self.proxy = TextureProxy(trainable=bool(self.proxy_cfg["trainable"])) if self.generative else None
         if self.generative and self.proxy_cfg["weights"]:

@@ -3,7 +3,9 @@
 `FusionDataModule.prepare_data` runs the MSR (weights from a stage-1 checkpoint) over the training and
 validation volumes once per factor and stores, per case and factor, uint16 `[Z', 3, X, Y]` (view from planes of
 constant x, view from planes of constant y, HR reference): axial-slice-major, so one training sample is one
-contiguous read. The files are rebuilt when the stage-1 checkpoint changes.
+contiguous read. The MSR runs in the trainer's precision (bf16 autocast under `trainer.precision=bf16-mixed`, so
+that the RFN trains on views like those it fuses at evaluation). The files are rebuilt when the stage-1 checkpoint
+or that precision changes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from common.errors import DataError
 from common.io.atomic import save_json, save_npy
 from common.io.cache import VolumeCache
+from common.runtime import autocast
 from projects.saint.checkpoint import load_weights
 from projects.saint.data import IMAGE_KEY, SaintDataModule, VolumeDataset, first_item, fusion_file, lr_from_hr
 from projects.saint.model import MAX_INTENSITY, SAINT
@@ -40,7 +43,8 @@ def _source(msr_ckpt: str | Path) -> dict[str, Any]:
 
 
 def build_fusion_inputs(net: SAINT, cache: VolumeCache, case_ids: Sequence[str], factors: Sequence[int],
-                        out_dir: str | Path, source: dict[str, Any], plane_batch: int | None = None) -> list[Path]:
+                        out_dir: str | Path, source: dict[str, Any], plane_batch: int | None = None,
+                        precision: str = "32") -> list[Path]:
     """Writes the stage-1 outputs of every (case, factor) not yet built from `source`; returns all the files.
 
     Args:
@@ -51,8 +55,10 @@ def build_fusion_inputs(net: SAINT, cache: VolumeCache, case_ids: Sequence[str],
         out_dir: folder of the `<case>_x<f>.npy` files.
         source: identity of the MSR weights; files built from other weights are rebuilt.
         plane_batch: planes per MSR pass (None: by pixel budget).
+        precision: "32" or "bf16" (autocast; recorded with `source`, so a change rebuilds the files).
     """
     out_dir = Path(out_dir)
+    source = {**source, "precision": precision}
     record = out_dir / SOURCE_FILE
     fresh = record.exists() and _read_json(record) == source
     files = []
@@ -65,8 +71,9 @@ def build_fusion_inputs(net: SAINT, cache: VolumeCache, case_ids: Sequence[str],
             if fresh and path.exists():
                 continue
             hr, lr = lr_from_hr(np.asarray(cache.load(case_id, IMAGE_KEY), dtype=np.float32), f)
-            view_x, view_y = net.infer_views(torch.from_numpy(np.ascontiguousarray(lr)), spacing, f, plane_batch)
-            stack = torch.stack([view_x, view_y, torch.from_numpy(hr)]).round_().clamp_(0, MAX_INTENSITY)
+            with autocast(precision):
+                view_x, view_y = net.infer_views(torch.from_numpy(np.ascontiguousarray(lr)), spacing, f, plane_batch)
+            stack = torch.stack([view_x.float(), view_y.float(), torch.from_numpy(hr)]).round_().clamp_(0, MAX_INTENSITY)
             save_npy(path, stack.permute(3, 0, 1, 2).numpy().astype(np.uint16))
             log.info("stage-1 views of %s at x%d written to %s", case_id, f, path)
     save_json(record, source)
@@ -146,8 +153,12 @@ class FusionDataModule(SaintDataModule):
         net = load_weights(instantiate(hp.net), hp.msr_ckpt, parts="msr")
         factors = sorted(set(hp.factors) | set(hp.val_factors))
         with torch.inference_mode():
-            return build_fusion_inputs(net, self.cache, self.split.train + self.split.val, factors,
-                                       hp.stage1_dir, _source(hp.msr_ckpt), hp.plane_batch)
+            return build_fusion_inputs(net, self.cache, self.split.train + self.split.val, factors, hp.stage1_dir,
+                                       _source(hp.msr_ckpt), hp.plane_batch, self._view_precision())
+
+    def _view_precision(self) -> str:
+        """Returns "bf16" when the trainer trains in bf16 (`bf16-mixed`, `bf16-true`), else "32"."""
+        return "bf16" if "bf16" in str(getattr(self.trainer, "precision", "32")) else "32"
 
     def check_data(self, stage: str | None = None) -> None:
         """Raises `DataError` when the cache is empty or, to train, the stage-1 checkpoint is missing."""

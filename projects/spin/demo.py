@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from common.run import CONF_ROOT, load_module, train
 from common.runtime import choose_precision, set_threads
 from projects.spin.data import volume_xyz
 from projects.spin.eval import score_masks
+from projects.spin.metrics import score_counts
 from projects.spin.predict import logits_function, predict_volume, prepare_network, segment_nifti
 from projects.spin.splits import load_split
 
@@ -35,7 +37,8 @@ from projects.spin.splits import load_split
 def compose_demo(out: Path, overrides: list[str] | None = None, experiment: str = "demo") -> DictConfig:
     """Returns the composed ``experiment=demo`` (or another) config with its data and run folder under ``out``.
 
-    The run folder is ``out/<experiment>``, so that TensorBoard lists the run as ``.../spin/<experiment>/tb/...``.
+    The run folder is ``out/<experiment>``, so that TensorBoard lists the run as ``.../spin/<experiment>/tb/...``;
+    ``last.ckpt`` is written with each validation (``trainer.check_val_every_n_epoch``).
     """
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_ROOT / "spin"), version_base="1.3"):
@@ -45,6 +48,9 @@ def compose_demo(out: Path, overrides: list[str] | None = None, experiment: str 
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
+        last = cfg.get("callbacks", {}).get("last_checkpoint")
+        if last is not None:  # one save per validation, not one per short epoch (50 ms each, 40 epochs)
+            last.every_n_epochs = cfg.trainer.check_val_every_n_epoch
     return cfg
 
 
@@ -59,25 +65,51 @@ def threshold_mask(t1: np.ndarray, level: float, brain_level: float = 5.0, erosi
     return (brain_interior(t1, brain_level, erosion) & (t1 < level)).astype(np.uint8)
 
 
-def tune_threshold(cache: VolumeCache, scan_ids: list[str]) -> dict[str, float]:
-    """Returns the baseline parameters with the best mean Dice over the training scans (grid search)."""
-    t1s = {s: np.asarray(volume_xyz(cache, s, "t1")) for s in scan_ids}
-    best: dict[str, float] = {"dice": -1.0}
-    for erosion in (2, 3, 5):
-        interiors = {s: brain_interior(t1, erosion=erosion) for s, t1 in t1s.items()}
-        for level in range(14, 62, 3):
-            def predict(scan: str, level: int = level, interiors: dict = interiors) -> np.ndarray:
-                return interiors[scan] & (t1s[scan] < level)
+#: The baseline's grid: erosions of the brain mask (voxels) and intensity levels searched on the training scans.
+EROSIONS = (2, 3, 5)
+LEVELS = tuple(range(14, 62, 3))
 
-            dice = score_masks(predict, cache, scan_ids)["mean"]["dice"]
+
+def dice_by_level(t1: np.ndarray, interior: np.ndarray, lesion: np.ndarray, levels: Sequence[float]) -> list[float]:
+    """Returns the Dice of ``interior & (t1 < level)`` against ``lesion`` for every level (``score_case``'s rule).
+
+    One sort of the interior's intensities gives the mask's size and its overlap with the lesion at every level,
+    instead of building and scoring one mask per level.
+    """
+    below = np.searchsorted(np.sort(t1[interior]), levels, side="left")
+    hits = np.searchsorted(np.sort(t1[interior & lesion]), levels, side="left")
+    lesion_voxels = int(np.count_nonzero(lesion))
+    return [score_counts(int(tp), int(n - tp), lesion_voxels - int(tp))["dice"] for tp, n in zip(hits, below)]
+
+
+def tune_threshold(cache: VolumeCache, scan_ids: list[str]) -> dict[str, float]:
+    """Returns the baseline parameters with the best mean Dice over the training scans (grid search).
+
+    The grid is ``EROSIONS`` x ``LEVELS``, searched in that order; the first best wins.
+    """
+    t1s = {s: np.asarray(volume_xyz(cache, s, "t1")) for s in scan_ids}
+    lesions = {s: np.asarray(volume_xyz(cache, s, "lesion")) > 0 for s in scan_ids}
+    best: dict[str, float] = {"dice": -1.0}
+    for erosion in EROSIONS:
+        per_scan = [dice_by_level(t1s[s], brain_interior(t1s[s], erosion=erosion), lesions[s], LEVELS)
+                    for s in scan_ids]
+        for i, level in enumerate(LEVELS):
+            dice = float(np.mean([scores[i] for scores in per_scan]))
             if dice > best["dice"]:
                 best = {"dice": dice, "level": float(level), "erosion": float(erosion)}
     return best
 
 
-def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Trains, evaluates and predicts as described in the module docstring; returns the result dict."""
-    cfg = compose_demo(out, overrides)
+def run_demo(out: Path, overrides: list[str] | None = None, precision: str = "auto") -> dict[str, Any]:
+    """Trains, evaluates and predicts as described in the module docstring; returns the result dict.
+
+    ``precision`` ("auto", "32" or "bf16") is that of training and inference; auto is bf16 where the CPU computes
+    it natively (there a demo training step takes 0.7x the fp32 time, a scan 0.54x its CPU time,
+    ``benchmarks/results/speed_levers.md``), fp32 elsewhere.
+    """
+    precision = choose_precision(precision)
+    trainer_precision = "bf16-mixed" if precision == "bf16" else "32"
+    cfg = compose_demo(out, [f"trainer.precision={trainer_precision}", *(overrides or [])])
     start = time.perf_counter()
     train(cfg)
     train_seconds = time.perf_counter() - start
@@ -87,9 +119,6 @@ def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     ckpt = run_dir / "checkpoints" / "best.ckpt"
     module = load_module(cfg, ckpt if ckpt.exists() else run_dir / "checkpoints" / "last.ckpt").eval()
-    # bf16 where the CPU computes it natively: 0.54x the fp32 CPU time of a SPiN scan there
-    # (benchmarks/results/speed_levers.md); fp32 elsewhere
-    precision = choose_precision("auto")
     logits_fn = logits_function(prepare_network(module, int(cfg.data.n_chunk)), bf16=precision == "bf16")
 
     def predict(scan: str) -> np.ndarray:
@@ -112,7 +141,7 @@ def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Any]:
                                     "baseline": baseline_scores["small_lesion"]["dice"],
                                     "n_slices": model_scores["n_small_slices"]},
               "model_scores": model_scores["mean"], "baseline_scores": baseline_scores["mean"],
-              "baseline_params": tuned, "torch_threads": torch.get_num_threads(), "inference_precision": precision}
+              "baseline_params": tuned, "torch_threads": torch.get_num_threads(), "precision": precision}
     save_json(out / "result.json", result)
     return result
 
@@ -121,10 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="outputs/demo/spin", help="output folder")
     parser.add_argument("--threads", default="auto", help="torch threads, or auto (1 on a busy CPU)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "32", "bf16"],
+                        help="training and inference (auto: bf16 where the CPU has it natively, else 32)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. trainer.max_epochs=5")
     args = parser.parse_args(argv)
     set_threads(args.threads)
-    result = run_demo(Path(args.out).resolve(), args.overrides)
+    result = run_demo(Path(args.out).resolve(), args.overrides, args.precision)
     print(f"SPiN Dice {result['model_value']:.3f} vs threshold {result['baseline_value']:.3f} on "
           f"{result['n_cases']} held-out scans (small-lesion slices: {result['small_lesion_dice']['model']:.3f} vs "
           f"{result['small_lesion_dice']['baseline']:.3f}); trained in {result['train_seconds']:.0f} s")

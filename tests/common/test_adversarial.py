@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -94,7 +96,7 @@ def test_untrained_discriminator_keeps_its_weights_and_arguments_are_hyper_param
 def test_optimisers_are_named_and_both_schedulers_step_once_per_epoch(tmp_path):
     step = {"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": 1, "gamma": 0.5}
     module = ToyGAN(ADAM, {**ADAM, "lr": 4e-2}, step, step)
-    trainer = _fit(module, epochs=2, logger=CSVLogger(tmp_path), callbacks=[LearningRates()])
+    trainer = _fit(module, epochs=2, logger=CSVLogger(tmp_path), callbacks=[LearningRates()], log_every_n_steps=1)
     groups = [opt.param_groups[0] for opt in trainer.optimizers]
     assert [g["name"] for g in groups] == ["generator", "discriminator"]
     assert [g["lr"] for g in groups] == pytest.approx([1e-2 / 4, 4e-2 / 4])
@@ -117,3 +119,22 @@ def test_r1_penalty_of_a_linear_critic_is_half_its_squared_weight_norm():
     assert penalty.item() == pytest.approx(0.5 * critic.weight.pow(2).sum().item())
     penalty.backward()  # differentiable in the critic's weights: d/dw (|w|^2 / 2) = w
     torch.testing.assert_close(critic.weight.grad, critic.weight.detach())
+
+
+def test_learning_rates_are_logged_at_the_logged_steps_only(tmp_path, monkeypatch):
+    calls = []
+    log = pl.LightningModule.log
+
+    def counting_log(self, name, *args, **kwargs):
+        calls.append(name)
+        return log(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(pl.LightningModule, "log", counting_log)
+    module = ToyGAN(ADAM, ADAM)
+    logger = CSVLogger(tmp_path)
+    _fit(module, epochs=7, logger=logger, callbacks=[LearningRates()], log_every_n_steps=3)
+    rows = list(csv.DictReader(open(f"{logger.log_dir}/metrics.csv")))
+    lr_steps = [int(r["step"]) for r in rows if r.get("lr/generator")]
+    loss_steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert lr_steps == loss_steps == [2, 5]  # 7 one-batch epochs, every third step
+    assert calls.count("lr/generator") == calls.count("lr/discriminator") == 2

@@ -131,3 +131,19 @@ def test_checkpoints_with_the_earlier_optimiser_keys_still_load(tmp_path):
     # an eval config that carries the checkpoint's stored model config is mapped the same way
     given, _ = module_from_checkpoint(tmp_path / "old.ckpt", OmegaConf.create(stored))
     assert given.hparams.optimizer == loaded.hparams.optimizer and "optimizer_d" not in given.hparams
+
+
+def test_channels_last_computes_the_same_step_in_the_3d_channels_last_layout():
+    torch.manual_seed(0)
+    plain = _module(adversarial_weight=0.5)
+    torch.manual_seed(0)
+    fast = _module(adversarial_weight=0.5, channels_last=True)
+    weight = fast.generator.conv_block2[0].weight  # 32 -> 32: the two layouts differ
+    assert weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
+    batch = next(iter(_loader(2)))
+    steps = [m.generator_step(batch) for m in (plain, fast)]
+    assert steps[1].output.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(steps[1].output, steps[0].output, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(steps[1].loss, steps[0].loss, rtol=1e-4, atol=1e-3)
+    d_losses = [m.discriminator_loss(batch, step.output) for m, step in zip((plain, fast), steps)]
+    torch.testing.assert_close(d_losses[1], d_losses[0], rtol=1e-4, atol=1e-4)

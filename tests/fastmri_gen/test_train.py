@@ -10,6 +10,7 @@ import sys
 
 import lightning.pytorch as pl
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
@@ -160,3 +161,25 @@ def test_ddp_two_cpu_processes_score_every_volume_once(fastmri_root, tmp_path):
         per_volume = json.loads((run_dir / "volume_metrics" / f"{stage}.json").read_text())
         assert sorted(per_volume["all"]) == sorted(per_volume["x4"]) == volumes
         assert all(0 < scores["ssim"] <= 1 for scores in per_volume["all"].values())
+
+
+def test_channels_last_computes_the_same_step(fastmri_root, tmp_path):
+    cfg = compose_cfg(["experiment=demo", *tiny(fastmri_root, tmp_path)])
+    datamodule = instantiate(cfg.data, _recursive_=False)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    modules = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        modules.append(instantiate_model(compose_cfg(["experiment=demo", *tiny(fastmri_root, tmp_path),
+                                                      f"model.channels_last={channels_last}"]).model))
+    plain, fast = modules
+    weights = [m.weight for m in fast.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert any(not w.is_contiguous() for w in weights)
+    steps = [m.generator_step(batch) for m in (plain, fast)]
+    torch.testing.assert_close(steps[1].output, steps[0].output, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(steps[1].loss, steps[0].loss, rtol=1e-4, atol=1e-5)
+    d_losses = [m.discriminator_loss(batch, s.output) for m, s in zip(modules, steps)]
+    torch.testing.assert_close(d_losses[1], d_losses[0], rtol=1e-4, atol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import nibabel as nib
@@ -170,3 +171,26 @@ def test_prepare_into_an_unwritable_folder_is_one_line(msd_root, tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path / 'taken' / 'cache'}") and err.count("\n") == 1
     assert [p.name for p in tmp_path.iterdir()] == ["taken"]
+
+
+def test_plane_samples_open_each_volume_once_per_process(cache_dir: Path, monkeypatch) -> None:
+    cache = VolumeCache(cache_dir)
+    opened: list[str] = []
+    load = VolumeCache.load
+
+    def counting_load(self, case_id: str, key: str, mmap: bool = True) -> np.ndarray:
+        opened.append(case_id)
+        return load(self, case_id, key, mmap)
+
+    monkeypatch.setattr(VolumeCache, "load", counting_load)
+    ds = PlaneDataset(cache, ["liver_2", "colon_001"], factors=(4,), n_phase=4, patch_lr=3)
+    torch.manual_seed(0)
+    first = [ds[i] for i in range(len(ds))]
+    assert sorted(opened) == ["colon_001", "liver_2"]
+    worker = pickle.loads(pickle.dumps(ds))  # what a DataLoader worker started by spawn receives
+    assert worker._volumes == {} and len(pickle.dumps(ds)) < 10_000
+    torch.manual_seed(0)
+    again = [worker[i] for i in range(len(ds))]
+    assert len(opened) == 4
+    for a, b in zip(first, again):
+        assert a["f"] == b["f"] and all(torch.equal(a[k], b[k]) for k in ("lr", "target", "dist"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from common.io.cache import VolumeCache
 from common.io.nifti import load_nifti, save_nifti, scale_axis_affine
 from common.run import CONF_ROOT, train
 from projects.saint.evaluation import interpolate_z, psnr_saint, ssim_saint, weighted_mean
+from projects.saint.fusion import SOURCE_FILE, build_fusion_inputs
 from projects.saint.model import SAINT
 from projects.saint.module import SaintModule, masked_l1
 
@@ -164,3 +166,21 @@ def test_predict_overlays_an_oblique_input(tmp_path: Path, slice_axis: int) -> N
     np.testing.assert_allclose(thin.affine @ [*thin_index, 1], affine @ [*third, 1], atol=1e-4)
     np.testing.assert_allclose(thin.affine @ [*first, 1], affine @ [*first, 1], atol=1e-4)
     assert thin.data.min() >= -1024 and thin.data.max() <= 2976
+
+
+def test_stage1_views_are_built_in_the_given_precision_and_rebuilt_when_it_changes(cache_dir: Path,
+                                                                                     tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = SAINT(**TINY_NET)
+    cache, source = VolumeCache(cache_dir), {"msr_ckpt": "weights.ckpt", "size": 1, "mtime_ns": 1}
+    out = tmp_path / "stage1"
+    views = {}
+    for precision in ("bf16", "32", "32"):
+        files = build_fusion_inputs(net, cache, ["liver_2"], [4], out, source, precision=precision)
+        assert json.loads((out / SOURCE_FILE).read_text())["precision"] == precision
+        views.setdefault(precision, []).append((np.load(files[0]), files[0].stat().st_mtime_ns))
+    (bf16, _), ((fp32, built), (again, kept)) = views["bf16"][0], views["32"]
+    assert kept == built and np.array_equal(again, fp32)  # unchanged source and precision: not rebuilt
+    assert not np.array_equal(bf16[:, :2], fp32[:, :2])  # the MSR's views differ by bf16 rounding ...
+    np.testing.assert_allclose(bf16[:, :2].astype(float), fp32[:, :2].astype(float), atol=0.02 * fp32.max())
+    np.testing.assert_array_equal(bf16[:, 2], fp32[:, 2])  # ... the HR reference does not

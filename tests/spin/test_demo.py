@@ -8,7 +8,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from projects.spin.demo import run_demo, threshold_mask
+from common.io.cache import VolumeCache
+from projects.spin.data import volume_xyz
+from projects.spin.demo import (
+    EROSIONS,
+    LEVELS,
+    compose_demo,
+    dice_by_level,
+    run_demo,
+    threshold_mask,
+    tune_threshold,
+)
+from projects.spin.eval import score_masks
 
 TINY = ["data.n_train=4", "data.n_test=2", "data.shape=[32,40,24]", "data.samples_per_scan=1", "data.batch_size=4",
         "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "logger=none", "model.net.embedding_width=4", "model.net.encoder_widths=[8,8,8,8,8]",
@@ -36,3 +47,35 @@ def test_demo_writes_the_result_contract(tmp_path: Path) -> None:
     scan = Path(saved["prediction"]).name.split("_")[0]
     source = nib.load(tmp_path / "data" / "raw" / scan[:5] / scan / f"{scan}_t1w_stx.nii.gz")
     assert pred.shape == source.shape and np.allclose(pred.affine, source.affine)
+
+
+def test_threshold_tuning_matches_scoring_every_grid_mask(atlas_fixture: dict) -> None:
+    cache = VolumeCache(atlas_fixture["cache"])
+    scans = atlas_fixture["ids"][:3]
+    t1s = {s: np.asarray(volume_xyz(cache, s, "t1")) for s in scans}
+    brute: dict[str, float] = {"dice": -1.0}
+    for erosion in EROSIONS:
+        for level in LEVELS:
+            def grid_mask(scan: str, level: int = level, erosion: int = erosion) -> np.ndarray:
+                return threshold_mask(t1s[scan], level, erosion=erosion)
+
+            dice = score_masks(grid_mask, cache, scans)["mean"]["dice"]
+            if dice > brute["dice"]:
+                brute = {"dice": dice, "level": float(level), "erosion": float(erosion)}
+    assert 0.0 < brute["dice"] < 1.0
+    assert tune_threshold(cache, scans) == brute
+
+
+def test_dice_by_level_counts_voxels_strictly_below_each_level() -> None:
+    t1 = np.array([10.0, 20.0, 20.0, 30.0, 40.0])
+    interior = np.array([True, True, True, True, False])
+    lesion = np.array([True, False, True, False, True])
+    # level 20: {10} predicted, 1 hit of 3 lesion voxels -> 2/(1+3); level 31: {10, 20, 20, 30}, 2 hits -> 4/7
+    assert dice_by_level(t1, interior, lesion, [5, 20, 31]) == [0.0, 0.5, 4 / 7]
+
+
+def test_demo_writes_last_checkpoint_with_each_validation(tmp_path: Path) -> None:
+    cfg = compose_demo(tmp_path)
+    assert cfg.trainer.check_val_every_n_epoch == 10 and cfg.trainer.max_epochs % 10 == 0
+    assert cfg.callbacks.last_checkpoint.every_n_epochs == 10  # the final epoch still writes last.ckpt
+    assert compose_demo(tmp_path, ["trainer.check_val_every_n_epoch=1"]).callbacks.last_checkpoint.every_n_epochs == 1
