@@ -14,7 +14,7 @@ from torch import Tensor
 from common.callbacks import PanelBatch
 from common.errors import DataError
 from common.metrics import SegmentationVolumeMetric
-from common.module import ConfiguredModule, log_train_loss
+from common.module import ConfiguredModule, log_train_loss, writes_logs_this_step
 from common.weights import load_third_party, require_keys
 from projects.rstn.data import SliceSample, plane_axis
 from projects.rstn.metrics import score_counts
@@ -120,9 +120,11 @@ class RSTNModule(ConfiguredModule):
         loss = w * loss_coarse + (1 - w) * loss_fine
         size = batch.image.shape[0]
         log_train_loss(self, loss, size)
-        self.log("train/loss_coarse", loss_coarse, on_step=True, on_epoch=False, batch_size=size)
-        self.log("train/loss_fine", loss_fine, on_step=True, on_epoch=False, batch_size=size)
-        self.log("train/mode", float(MODES.index(self.mode)), on_step=False, on_epoch=True, batch_size=size)
+        if writes_logs_this_step(self._trainer):
+            self.log("train/loss_coarse", loss_coarse, on_step=True, on_epoch=False, batch_size=size)
+            self.log("train/loss_fine", loss_fine, on_step=True, on_epoch=False, batch_size=size)
+        if batch_idx == 0:  # constant over the epoch: its epoch value is that of any one step
+            self.log("train/mode", float(MODES.index(self.mode)), on_step=False, on_epoch=True, batch_size=size)
         return loss
 
     def _evaluate(self, batch: SliceSample, stage: str) -> dict[str, PanelBatch]:
