@@ -190,7 +190,8 @@ class ModeSchedule(pl.Callback):
         epochs_s: epochs of mode S (reference 2).
         epochs_i: epochs of mode I (6).
         epochs_j: epochs of mode J (8); training stays in J if it runs longer.
-        j_lr_decay: factor applied to every group's rate after each `j_lr_every` J epochs.
+        j_lr_decay: factor applied to every group's rate after each `j_lr_every` J epochs; 1.0 leaves the rates
+            to the optimiser and the module's scheduler.
         j_lr_every: J epochs between two decays (2: the rates halve after J-epochs 2, 4, 6).
         s_restart: None (no check, as the PyTorch port) or a dict with `mean_below` (0.4), `min_below`
             (0.35), `fraction` (0.02), `window` (20) and `max_restarts`.
@@ -232,6 +233,8 @@ class ModeSchedule(pl.Callback):
         pl_module.mode = mode
         if mode == "S" and spent == 0:
             self.s_losses = []
+        if self.j_lr_decay == 1.0:
+            return  # the rates stay as they are, so a `model.scheduler` (a step schedule) is left in charge
         factor = self.lr_factor(epoch)
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:

@@ -62,6 +62,21 @@ def test_mode_schedule_and_j_decay() -> None:
     assert [schedule.lr_factor(e) for e in (0, 7, 8, 9, 10, 12, 15)] == [1, 1, 1, 1, 0.5, 0.25, 0.125]
 
 
+def test_mode_schedule_leaves_the_rates_to_a_step_scheduler_without_j_decay() -> None:
+    """j_lr_decay 1.0: the epochs' mode switches keep the rates a step schedule has set; 0.5: the J halving."""
+    weight = torch.nn.Parameter(torch.zeros(2))
+    for decay, expected in ((1.0, 0.25), (0.5, 0.5)):
+        optimizer = torch.optim.Adam([{"params": [weight], "lr": 1.0}])
+        trainer = SimpleNamespace(current_epoch=0, optimizers=[optimizer])
+        schedule = ModeSchedule(1, 1, 4, decay, 1)
+        schedule.on_train_epoch_start(trainer, SimpleNamespace())  # type: ignore[arg-type]
+        optimizer.param_groups[0]["lr"] = 0.25  # where a step schedule has taken the rate by epoch 3
+        trainer.current_epoch = 3  # J, one J epoch done
+        module = SimpleNamespace()
+        schedule.on_train_epoch_start(trainer, module)  # type: ignore[arg-type]
+        assert module.mode == "J" and optimizer.param_groups[0]["lr"] == expected
+
+
 def test_mode_s_restart_rule(tmp_path) -> None:
     """The Caffe check: a mode S whose loss stays high goes back to the initial weights and runs again."""
     cfg = _compose("train", ["experiment=demo", f"paths.output_dir={tmp_path}"])
