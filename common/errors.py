@@ -20,3 +20,8 @@ class DataError(ValueError):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+    def __reduce__(self) -> tuple[type, tuple[str | None, str]]:
+        # Rebuilt from (path, problem), not from the message, so it crosses a process boundary intact
+        # (a worker's error reaching the parent through concurrent.futures / multiprocessing).
+        return type(self), (self.path, self.problem)

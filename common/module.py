@@ -10,6 +10,24 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 
+def writes_logs_this_step(trainer: pl.Trainer | None) -> bool:
+    """Returns whether the loggers receive this training step's `on_step` values.
+
+    They do every `log_every_n_steps` steps, on the last batch of an epoch (whose step values are written with
+    the epoch's) and on the last step of the run. A value logged `on_step` only (not `on_epoch`, not on the
+    progress bar) reaches no logger on the other steps, so skipping its `self.log` there changes nothing that is
+    written, and each call costs about a millisecond of Lightning bookkeeping. True when the trainer cannot
+    tell (no trainer, or a Lightning without the check).
+    """
+    connector = getattr(trainer, "_logger_connector", None)
+    if trainer is None or connector is None or not hasattr(connector, "should_update_logs"):
+        return True
+    progress = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    last_batch = bool(getattr(getattr(progress, "batch_progress", None), "is_last_batch", True))
+    last_step = 0 < trainer.max_steps <= trainer.global_step + 1
+    return bool(connector.should_update_logs) or last_batch or last_step
+
+
 def log_train_loss(module: pl.LightningModule, loss: torch.Tensor, batch_size: int) -> None:
     """Logs the training loss under the names every project shares.
 

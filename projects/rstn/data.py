@@ -156,10 +156,22 @@ class PlaneSlices(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def _array(self, case_id: str, key: str) -> np.ndarray:
+        """Returns the memory-mapped array, opened once per process (not once per sample: each opening reads
+        and checks the `.npy` header, about as long as cutting the slab itself)."""
+        arrays = self.__dict__.setdefault("_arrays", {})
+        if (case_id, key) not in arrays:
+            arrays[case_id, key] = self.cache.load(case_id, key)
+        return arrays[case_id, key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A spawned DataLoader worker gets the dataset pickled: a memory map would travel as a full copy.
+        return {k: v for k, v in self.__dict__.items() if k != "_arrays"}
+
     def __getitem__(self, item: int) -> SliceSample:
         case_id, j = self.index[item]
-        image = slab(self.cache.load(case_id, "image"), self.axis, j, self.thickness)
-        label = slab(self.cache.load(case_id, "label"), self.axis, j, self.thickness)
+        image = slab(self._array(case_id, "image"), self.axis, j, self.thickness)
+        label = slab(self._array(case_id, "label"), self.axis, j, self.thickness)
         return SliceSample(torch.from_numpy(image), torch.from_numpy(label), case_id, j)
 
 

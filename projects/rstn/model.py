@@ -228,6 +228,32 @@ def crop_box(mask: Tensor, margin: int | Sequence[int] = 20) -> tuple[int, int, 
             max(int(cols[0]) - before_c, 0), min(int(cols[-1]) + after_c + 1, width))
 
 
+def crop_boxes(mask: Tensor, margin: int | Sequence[int] = 20) -> list[tuple[int, int, int, int]]:
+    """Returns `crop_box(mask[n:n + 1], margin)` of every sample n, computed for the whole batch at once.
+
+    Args:
+        mask: bool [N, C, H, W]; each sample's box covers all its channels.
+        margin: as in `crop_box`.
+
+    Returns:
+        N half-open boxes (y0, y1, x0, x1); the whole image for a sample whose mask is empty.
+    """
+    count, height, width = mask.shape[0], mask.shape[-2], mask.shape[-1]
+    plane = mask.reshape(count, -1, height, width).any(dim=1)
+    rows, cols = plane.any(dim=2), plane.any(dim=1)
+    row_index = torch.arange(height, device=mask.device)
+    col_index = torch.arange(width, device=mask.device)
+    extent = torch.stack([rows.any(dim=1).long(),
+                          torch.where(rows, row_index, height).amin(dim=1),
+                          torch.where(rows, row_index, -1).amax(dim=1),
+                          torch.where(cols, col_index, width).amin(dim=1),
+                          torch.where(cols, col_index, -1).amax(dim=1)], dim=1).tolist()  # one host copy
+    before_r, after_r, before_c, after_c = as_margins(margin)
+    return [(max(top - before_r, 0), min(bottom + after_r + 1, height),
+             max(left - before_c, 0), min(right + after_c + 1, width)) if present else (0, height, 0, width)
+            for present, top, bottom, left, right in extent]
+
+
 def soft_dice_loss(prob: Tensor, target: Tensor, eps: float = 1e-6, batch: bool = False) -> Tensor:
     """Returns 1 - soft Dice of [N, ...] probabilities against [N, ...] targets.
 
@@ -351,11 +377,16 @@ class RSTN(nn.Module):
         crops run as one batch; outside its own box a sample's probability is exactly 0. With N = 1 this is
         the reference's crop (no padding, no resizing).
         """
-        boxes = [crop_box(mask[n:n + 1], margins) for n in range(weighted.shape[0])]
+        boxes = crop_boxes(mask, margins)
         rows = max(y1 - y0 for y0, y1, _, _ in boxes)
         cols = max(x1 - x0 for _, _, x0, x1 in boxes)
         crops = torch.stack([F.pad(weighted[n, :, y0:y1, x0:x1], (0, cols - x1 + x0, 0, rows - y1 + y0))
                              for n, (y0, y1, x0, x1) in enumerate(boxes)])
+        first = self.fine_model.conv1_1.weight
+        if first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous():
+            # `stack` gives the crops the default layout: a channels-last network would convert them (and
+            # their gradient) in its first convolution, the slowest of the backward pass.
+            crops = crops.contiguous(memory_format=torch.channels_last)
         logits = self.fine_model(crops)
         height, width = weighted.shape[-2:]
         out = [F.pad(logits[n, :, :y1 - y0, :x1 - x0], (x0, width - x1, y0, height - y1), value=UNCROP_FILL)

@@ -14,7 +14,7 @@ from torch import Tensor
 from common.callbacks import PanelBatch
 from common.errors import DataError
 from common.metrics import SegmentationVolumeMetric
-from common.module import ConfiguredModule, log_train_loss
+from common.module import ConfiguredModule, log_train_loss, writes_logs_this_step
 from common.weights import load_third_party, require_keys
 from projects.rstn.data import SliceSample, plane_axis
 from projects.rstn.metrics import score_counts
@@ -120,9 +120,11 @@ class RSTNModule(ConfiguredModule):
         loss = w * loss_coarse + (1 - w) * loss_fine
         size = batch.image.shape[0]
         log_train_loss(self, loss, size)
-        self.log("train/loss_coarse", loss_coarse, on_step=True, on_epoch=False, batch_size=size)
-        self.log("train/loss_fine", loss_fine, on_step=True, on_epoch=False, batch_size=size)
-        self.log("train/mode", float(MODES.index(self.mode)), on_step=False, on_epoch=True, batch_size=size)
+        if writes_logs_this_step(self._trainer):
+            self.log("train/loss_coarse", loss_coarse, on_step=True, on_epoch=False, batch_size=size)
+            self.log("train/loss_fine", loss_fine, on_step=True, on_epoch=False, batch_size=size)
+        if batch_idx == 0:  # constant over the epoch: its epoch value is that of any one step
+            self.log("train/mode", float(MODES.index(self.mode)), on_step=False, on_epoch=True, batch_size=size)
         return loss
 
     def _evaluate(self, batch: SliceSample, stage: str) -> dict[str, PanelBatch]:
@@ -188,7 +190,8 @@ class ModeSchedule(pl.Callback):
         epochs_s: epochs of mode S (reference 2).
         epochs_i: epochs of mode I (6).
         epochs_j: epochs of mode J (8); training stays in J if it runs longer.
-        j_lr_decay: factor applied to every group's rate after each `j_lr_every` J epochs.
+        j_lr_decay: factor applied to every group's rate after each `j_lr_every` J epochs; 1.0 leaves the rates
+            to the optimiser and the module's scheduler.
         j_lr_every: J epochs between two decays (2: the rates halve after J-epochs 2, 4, 6).
         s_restart: None (no check, as the PyTorch port) or a dict with `mean_below` (0.4), `min_below`
             (0.35), `fraction` (0.02), `window` (20) and `max_restarts`.
@@ -230,6 +233,8 @@ class ModeSchedule(pl.Callback):
         pl_module.mode = mode
         if mode == "S" and spent == 0:
             self.s_losses = []
+        if self.j_lr_decay == 1.0:
+            return  # the rates stay as they are, so a `model.scheduler` (a step schedule) is left in charge
         factor = self.lr_factor(epoch)
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:

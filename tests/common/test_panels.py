@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
 
-from common.callbacks import ImagePanels, PanelBatch, learning_rates
+from common.callbacks import ImagePanels, LearningRates, PanelBatch, learning_rates
+from common.module import writes_logs_this_step
 from common.panels import (
     ABOVE_COLOUR,
     AS_STORED,
@@ -138,3 +143,39 @@ def test_learning_rate_tags_name_optimisers_and_groups():
     assert learning_rates([adam, second], ("generator", "discriminator")) == {"lr/generator": 1e-3,
                                                                                "lr/discriminator": 2e-3}
     assert set(learning_rates([adam, second])) == {"lr/adam", "lr/adam_1"}
+
+
+class _StepRecorder(pl.LightningModule):
+    """A one-weight model whose steps log `train/every` each step and `train/gated` when the loggers write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+        self.gated_steps: list[int] = []
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        loss = (self.weight * batch).square().mean()
+        self.log("train/every", loss, on_step=True, on_epoch=False)
+        if writes_logs_this_step(self._trainer):
+            self.gated_steps.append(self.global_step)
+            self.log("train/gated", loss, on_step=True, on_epoch=False)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_values_logged_only_when_written_reach_the_logger_as_every_step_values(tmp_path):
+    """Skipping `on_step` logs on the steps no logger writes (7 batches, a write every 3 steps, 2 epochs, the run
+    stopped at step 13) writes the same rows as logging them every step."""
+    module = _StepRecorder()
+    trainer = pl.Trainer(max_epochs=2, max_steps=13, accelerator="cpu", log_every_n_steps=3,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         logger=CSVLogger(tmp_path, name="run"), callbacks=[LearningRates()])
+    trainer.fit(module, train_dataloaders=DataLoader(torch.arange(7.0), batch_size=1))
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    every = {int(r["step"]): r["train/every"] for r in rows if r.get("train/every")}
+    gated = {int(r["step"]): r["train/gated"] for r in rows if r.get("train/gated")}
+    rates = {int(r["step"]) for r in rows if r.get("lr/sgd")}
+    assert gated == every and rates == set(every)
+    assert set(every) == {2, 5, 8, 11} and len(module.gated_steps) < 8  # 13 steps: every third, epoch ends, the last

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -115,6 +116,23 @@ def test_plane_slices_shapes_and_slice_threshold(synthetic_cache) -> None:
         smallest_kept = min(float(s.label[1].sum()) for s in kept)
         dropped = set(all_fg.index) - set(kept.index)
         assert all(float(all_fg[all_fg.index.index(d)].label[1].sum()) <= smallest_kept for d in dropped)
+
+
+def test_plane_slices_open_each_array_once_and_pickle_without_it(synthetic_cache, monkeypatch) -> None:
+    ids = VolumeCache(synthetic_cache).case_ids()[:2]
+    slices = PlaneSlices(synthetic_cache, ids, "Y", foreground_only=False)
+    opened: list[tuple[str, str]] = []
+    load = VolumeCache.load
+    monkeypatch.setattr(VolumeCache, "load", lambda self, c, k, mmap=True: opened.append((c, k)) or load(self, c, k, mmap))
+    samples = [slices[i] for i in range(len(slices))]
+    assert sorted(opened) == sorted((c, k) for c in ids for k in ("image", "label"))  # once each, not per sample
+    cache = slices.cache
+    for sample, (case_id, j) in zip(samples, slices.index, strict=True):
+        expected = slab(cache.load(case_id, "image"), 1, j)
+        assert np.array_equal(sample.image.numpy(), expected) and sample.slice_index == j
+    copy = pickle.loads(pickle.dumps(slices))
+    assert "_arrays" not in copy.__dict__  # a spawned worker gets no copy of the volumes
+    assert all(np.array_equal(copy[i].label, samples[i].label) for i in (0, len(samples) - 1))
 
 
 def test_organ_free_slices_need_an_empty_triplet() -> None:

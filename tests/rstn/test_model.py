@@ -16,6 +16,7 @@ from projects.rstn.model import (
     bilinear_kernel,
     count_parameters,
     crop_box,
+    crop_boxes,
     load_vgg16,
     rstn_loss,
     sample_margins,
@@ -119,6 +120,40 @@ def test_crop_box_margins_clipping_and_empty_mask() -> None:
     assert crop_box(mask, 0) == (10, 17, 20, 26)
     assert crop_box(mask, 20) == (0, 37, 0, 40)
     assert crop_box(mask, (1, 2, 3, 4)) == (9, 19, 17, 30)
+
+
+@pytest.mark.parametrize("margin", [0, 3, (1, 2, 3, 4), 40])
+def test_crop_boxes_of_a_batch_equal_each_samples_crop_box(margin: int | tuple[int, ...]) -> None:
+    generator = torch.Generator().manual_seed(3)
+    mask = torch.rand(6, 3, 23, 17, generator=generator) > 0.985  # scattered pixels, some channels empty
+    mask[2] = False  # an empty sample: the whole image
+    mask[4] = False
+    mask[4, 0, 22, 16] = True  # a single pixel in the last row and column
+    expected = [crop_box(mask[n:n + 1], margin) for n in range(mask.shape[0])]
+    assert crop_boxes(mask, margin) == expected
+    assert expected[2] == (0, 23, 0, 17)
+    assert len(set(expected)) > 2 or margin == 40  # 40 clips every box to the whole image
+
+
+def test_fine_crops_follow_a_channels_last_network() -> None:
+    """A channels-last RSTN gets its fine crops channels-last, with the same fine output as before."""
+    torch.manual_seed(2)
+    plain = RSTN(width=1 / 16).eval()
+    fast = RSTN(width=1 / 16).eval()
+    fast.load_state_dict(plain.state_dict())
+    fast.to(memory_format=torch.channels_last)
+    seen = _spy_fine(fast)
+    x = torch.rand(2, 3, 30, 26)
+    mask = torch.zeros(2, 3, 30, 26, dtype=torch.bool)
+    mask[0, :, 3:9, 4:8] = True
+    mask[1, 1, 15:25, 10:20] = True
+    score = torch.rand(2, 3, 30, 26)
+    with torch.no_grad():
+        expected = plain.forward_fine(x, score, mask, 2)
+        got = fast.forward_fine(x.contiguous(memory_format=torch.channels_last), score, mask, 2)
+    crop = seen[-1]
+    assert crop.is_contiguous(memory_format=torch.channels_last) and not crop.is_contiguous()
+    assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_sample_margins_jitter() -> None:

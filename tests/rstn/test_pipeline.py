@@ -43,10 +43,12 @@ def test_every_experiment_composes(config: str, experiment: str, tmp_path) -> No
         assert cfg.data.empty_fraction == 0.0 and not cfg.model.batch_dice  # the paper: organ slices only
         assert not cfg.model.fine_batch_dice and cfg.model.bce_weight == 0.0  # the paper: soft Dice only
         assert cfg.model.margin == 20  # pixels at 512 x 512
-    else:  # the recipe that trains both stages from scratch (README: Adam 3e-4 collapses, x10 blows up)
-        assert cfg.model.optimizer.lr <= 1e-4 and cfg.callbacks.rstn_modes.j_lr_decay == 1.0
-        assert 1 < cfg.model.lr_multipliers[2] / cfg.model.lr_multipliers[0] < 10 and cfg.trainer.max_steps > 0
+    else:  # the 700-step recipe (README: the fine groups at x3 of 3e-4 collapse the coarse-to-fine rounds)
+        assert cfg.model.optimizer.lr == 3e-4 and cfg.callbacks.rstn_modes.j_lr_decay == 1.0
+        assert list(cfg.model.lr_multipliers) == [1, 1, 1, 1] and 0 < cfg.trainer.max_steps <= 700
+        assert cfg.trainer.limit_train_batches == 50  # modes S and I: 50 steps on every plane
         assert cfg.data.empty_fraction > 0 and cfg.model.batch_dice and cfg.model.bce_weight > 0
+        assert not cfg.model.fine_batch_dice  # the fine loss over the batch shrank the coarse-to-fine masks
         in_plane = max(cfg.data.synthetic.shape[:2])
         assert cfg.model.margin == 20 * in_plane // 512  # the paper's margin scaled to the slice size
     if config == "eval":
@@ -60,6 +62,21 @@ def test_mode_schedule_and_j_decay() -> None:
     modes = [schedule.mode_at(e)[0] for e in range(16)]
     assert modes == ["S"] * 2 + ["I"] * 6 + ["J"] * 8
     assert [schedule.lr_factor(e) for e in (0, 7, 8, 9, 10, 12, 15)] == [1, 1, 1, 1, 0.5, 0.25, 0.125]
+
+
+def test_mode_schedule_leaves_the_rates_to_a_step_scheduler_without_j_decay() -> None:
+    """j_lr_decay 1.0: the epochs' mode switches keep the rates a step schedule has set; 0.5: the J halving."""
+    weight = torch.nn.Parameter(torch.zeros(2))
+    for decay, expected in ((1.0, 0.25), (0.5, 0.5)):
+        optimizer = torch.optim.Adam([{"params": [weight], "lr": 1.0}])
+        trainer = SimpleNamespace(current_epoch=0, optimizers=[optimizer])
+        schedule = ModeSchedule(1, 1, 4, decay, 1)
+        schedule.on_train_epoch_start(trainer, SimpleNamespace())  # type: ignore[arg-type]
+        optimizer.param_groups[0]["lr"] = 0.25  # where a step schedule has taken the rate by epoch 3
+        trainer.current_epoch = 3  # J, one J epoch done
+        module = SimpleNamespace()
+        schedule.on_train_epoch_start(trainer, module)  # type: ignore[arg-type]
+        assert module.mode == "J" and optimizer.param_groups[0]["lr"] == expected
 
 
 def test_mode_s_restart_rule(tmp_path) -> None:
@@ -149,7 +166,7 @@ def test_the_whole_test_chain_on_two_cases(synthetic_cache, tmp_path) -> None:
 def test_last_checkpoint_follows_the_last_epoch(synthetic_cache, tmp_path) -> None:
     cfg = _compose("train", ["experiment=demo", "plane=Z", "logger=none", f"paths.output_dir={tmp_path}",
                              f"data.cache_dir={synthetic_cache}", f"data.split_file={synthetic_cache}/splits.json",
-                             "data.synthetic=null", "trainer.max_epochs=3", "+trainer.limit_train_batches=1",
+                             "data.synthetic=null", "trainer.max_epochs=3", "++trainer.limit_train_batches=1",
                              "trainer.limit_val_batches=1", "+trainer.enable_progress_bar=false",
                              "+trainer.enable_model_summary=false", "test_after_fit=false"])
     train_planes(cfg)

@@ -12,7 +12,7 @@ from common.panels import radiological_view
 def test_demo_run_logs_shared_scalars_and_oriented_mask_panels(synthetic_cache, tmp_path, logged_run) -> None:
     run = logged_run("rstn", "demo", tmp_path, [
         "plane=Z", f"data.cache_dir={synthetic_cache}", f"data.split_file={synthetic_cache}/splits.json",
-        "data.synthetic=null", "trainer.max_epochs=1", "+trainer.limit_train_batches=2"])
+        "data.synthetic=null", "trainer.max_epochs=1", "++trainer.limit_train_batches=2"])
     groups = {"lr/adam/coarse_w", "lr/adam/coarse_b", "lr/adam/fine_w", "lr/adam/fine_b"}
     run.check_shared_names({"val/dice", "val/dice_coarse", "val/loss"}, groups, panels=2)  # 2 validation cases
     cache = VolumeCache(synthetic_cache)
