@@ -116,7 +116,7 @@ def _predict_one(out: Path, cache_dir: Path, ckpts: dict[str, Path], precision: 
 
 def run(out: Path, n_cases: int = 16, shape: tuple[int, int, int] = (128, 128, 32), planes: str = "XYZ",
         steps: int | None = None, max_minutes: float | None = None, overrides: Sequence[str] = (),
-        threads: int | None = None, jobs: int | None = None) -> dict:
+        threads: int | None = None, jobs: int | None = None, precision: str = "auto") -> dict:
     """Runs the demo in `out`; returns the result written to `out/result.json`.
 
     Args:
@@ -130,6 +130,7 @@ def run(out: Path, n_cases: int = 16, shape: tuple[int, int, int] = (128, 128, 3
             shared out among the jobs; for the test chain, 1 on a loaded machine, else every core).
         jobs: planes trained at once, each in its own process (None: `plane_jobs`). With one thread per job a
             run gives the same numbers however loaded the machine is.
+        precision: "auto" (bf16 where the CPU computes it natively, else 32), "32" or "bf16": training and test chain.
     """
     set_threads(threads or "auto")
     cache_dir = out / "cache"
@@ -141,14 +142,15 @@ def run(out: Path, n_cases: int = 16, shape: tuple[int, int, int] = (128, 128, 3
     if max_minutes:
         seconds = int(60 * max_minutes / -(-len(planes) // jobs))  # the planes run in ceil(planes / jobs) waves
         budget.append(f"+trainer.max_time=00:00:{seconds // 60:02d}:{seconds % 60:02d}")
-    # bf16 where the CPU computes it natively (about 1.3x faster steps here), else float32; an override wins
-    precision = "bf16-mixed" if choose_precision("auto") == "bf16" else "32"
+    # auto: bf16 where the CPU computes it natively (about 1.3x faster steps here), else float32; an override wins
+    chosen = choose_precision(precision)
+    precision = "bf16-mixed" if chosen == "bf16" else "32"
     train_overrides = ["test_after_fit=false", "+trainer.enable_progress_bar=false", f"trainer.precision={precision}",
                        *budget, *common, *overrides]
     train_seconds, baseline, baseline_train = _train_and_tune(planes, train_overrides, cache_dir, jobs, threads)
     ckpts = {p: out / RUN_NAME / p / "checkpoints" / "last.ckpt" for p in planes}
     cfg = _compose("eval", ["experiment=demo", f"eval.out_dir={out / 'eval'}", "eval.fine_batch_size=16",
-                            f"eval.planes=[{','.join(planes)}]", *common, *overrides,
+                            f"eval.planes=[{','.join(planes)}]", f"inference_precision={chosen}", *common, *overrides,
                             *[f"checkpoints.{p}={path}" for p, path in ckpts.items()]])
     evaluation = evaluate_rstn(cfg)
     stages, details = evaluation["stages"], evaluation["details"]
@@ -181,11 +183,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="planes trained at once, one process each (default: all, on 2+ cores)")
     parser.add_argument("--shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
                         help="synthetic volume shape (default: the demo's)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "32", "bf16"],
+                        help="auto: bf16 where the CPU computes it natively, else 32 (training and evaluation)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the demo experiment")
     args = parser.parse_args(argv)
     shape = {"shape": tuple(args.shape)} if args.shape else {}
     result = run(Path(args.out), planes=args.planes, **shape, steps=args.steps, max_minutes=args.minutes,
-                 overrides=args.overrides, threads=args.threads, jobs=args.jobs)
+                 overrides=args.overrides, threads=args.threads, jobs=args.jobs, precision=args.precision)
     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()})
     return 0
 

@@ -15,10 +15,12 @@ def _weights(out, plane: str) -> dict[str, torch.Tensor]:
 
 
 def test_planes_trained_in_worker_processes_equal_planes_trained_in_turn(tmp_path):
-    kwargs = {"n_cases": 8, "shape": (32, 32, 16), "planes": "XZ", "steps": 3, "overrides": TINY, "threads": 1}
+    kwargs = {"n_cases": 8, "shape": (32, 32, 16), "planes": "XZ", "steps": 3, "overrides": TINY, "threads": 1,
+              "precision": "32"}  # float32 also on a CPU with bf16, where "auto" would train in bf16
     alone = run(tmp_path / "in_turn", jobs=1, **kwargs)
     workers = run(tmp_path / "workers", jobs=2, **kwargs)
     assert (alone["train_jobs"], workers["train_jobs"]) == (1, 2)
+    assert alone["train_precision"] == workers["train_precision"] == "32"
     for key in ("model_value", "fusion_value", "oracle_value", "baseline_value", "coarse_values", "train_steps"):
         assert workers[key] == alone[key], key
     for plane in "XZ":
