@@ -15,7 +15,6 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from common.module import writes_logs_this_step
 from common.panels import AS_STORED, DisplayView, panel_row, pixel_aspect, radiological_view
 
 
@@ -188,7 +187,10 @@ class LearningRates(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        if not trainer.loggers or not writes_logs_this_step(trainer):
+        # Lightning writes step scalars every `log_every_n_steps` only and drops what other steps log; skipping
+        # those steps saves a `log` call per optimiser group and step (as Lightning's LearningRateMonitor does)
+        connector = getattr(trainer, "_logger_connector", None)
+        if not trainer.loggers or (connector is not None and not connector.should_update_logs):
             return
         names = getattr(pl_module, "optimizer_names", None)
         for tag, rate in learning_rates(trainer.optimizers, names).items():
