@@ -40,7 +40,7 @@ def _met(row: dict[str, Any]) -> str:
 
 
 def summary(results_dir: Path = RESULTS_DIR) -> str:
-    """Returns the Markdown summary of the speed rows (rows with a `ref_seconds`) of every results file."""
+    """Returns the Markdown summary of the speed rows (rows with a reference time or an efficiency) of every results file."""
     machines, lines = [], ["| project | " + " | ".join(COLUMNS) + " | met |", "|---" * (len(COLUMNS) + 2) + "|"]
     for project in PROJECTS:
         path = results_dir / f"{project}.json"
@@ -49,8 +49,8 @@ def summary(results_dir: Path = RESULTS_DIR) -> str:
         data = json.loads(path.read_text())
         machines.append(f"- {project} ({data.get('when', '?')}): {machine_line(data.get('machine', {}))}")
         for row in data.get("rows", []):
-            if "ref_seconds" not in row:
-                continue
+            if row.get("ref_seconds") is None and row.get("efficiency") is None:
+                continue  # a quality row, or a time with nothing to compare it with
             met = _met(row)
             lines.append(f"| {project} | " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + f" | {met} |")
     return "\n".join(["Machines:", *machines, "", *lines]) + "\n"

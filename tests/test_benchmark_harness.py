@@ -69,6 +69,8 @@ def test_the_summary_lists_every_speed_row_with_its_machine(tmp_path: Path) -> N
                "bf16_hardware": True, "fp32_matmul_4096_gflops": 200.0, "load_average": 0.5}
     rows = [{"row": "step: fp32", "seconds": 2.0, "efficiency": 0.5, "ref_seconds": 5.2, "speedup": 0.6,
              "target_speedup": 1.5, "speedup_by_efficiency": 2.4}, {"row": "quality", "dice": 0.8},
+            {"row": "DSC fusion", "seconds": None, "ref_seconds": None, "efficiency": None, "mean": 0.4},
+            {"row": "training seconds", "seconds": 500.0, "ref_seconds": None, "efficiency": None},
             {"row": "volume: fp32", "seconds": 20.0, "ref_seconds": 20.6, "speedup": 1.03, "target_speedup": 2.0}]
     (tmp_path / "spin.json").write_text(json.dumps({"when": "today", "machine": machine, "rows": rows}))
     text = summary(tmp_path)
