@@ -48,7 +48,7 @@ demo: install
 bench: install
 	$(PY) -m benchmarks.run_all
 
-# Speed rows only (efficiency against the fp32 matmul, the reference's row, the CPU's bf16/AMX flags), ~25 min.
+# Speed rows only (efficiency against the fp32 matmul, the reference's row, the CPU's bf16/AMX flags), ~35 min.
 bench-speed: install
 	$(PY) -m benchmarks.run_all --speed
 

@@ -104,7 +104,7 @@ def inference_rows(repeat: int) -> list[dict]:
         row = speed_row("easysr", "volume", name, stats, cpu_s=round(stats["cpu_s"], 2))
         if shape[0] != 128:  # no reference row at this size
             row.update(input=f"[1,1,{','.join(map(str, shape))}]", ref_seconds=None, speedup=None,
-                       ref_efficiency_12_07=None, ref_machine=None)
+                       ref_efficiency_12_07=None, ref_machine=None, speedup_by_efficiency=None)
         rows.append(row)
         print(rows[-1], flush=True)
     return rows

@@ -57,7 +57,11 @@ def test_a_speed_row_sets_ours_beside_the_reference_of_a_machine_like_this(monke
     row = harness.speed_row("spin", "step", "fp32", timing)
     assert row["ref_seconds"] == 4.22 and row["target_speedup"] == 1.5  # the Intel machine's, no bf16
     row = harness.speed_row("easysr", "volume", "fp32", timing)
-    assert row["speedup_by_efficiency"] is None  # the reference's efficiency is not recorded
+    assert row["speedup_by_efficiency"] == round(0.25 / 0.23, 2)  # derived from PERF.md's time and FLOPs
+    monkeypatch.setitem(harness.REFERENCE, ("easysr", "volume"), {**harness.REFERENCE[("easysr", "volume")],
+                                                                  "efficiency": None})
+    row = harness.speed_row("easysr", "volume", "fp32", timing)
+    assert row["speedup_by_efficiency"] is None  # no reference efficiency: judged by time alone
 
 
 def test_the_summary_lists_every_speed_row_with_its_machine(tmp_path: Path) -> None:
