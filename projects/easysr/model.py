@@ -25,6 +25,102 @@ def _conv(in_ch: int, out_ch: int) -> nn.Conv3d:
     return nn.Conv3d(in_ch, out_ch, kernel_size=3, stride=1, padding=1, bias=True)
 
 
+#: How the generator computes its tail, the transposed conv + LeakyReLU + the 3x3x3 conv to `out_ch` channels:
+#: "conv", torch's convolution ops (the reference's arithmetic); "matmul" (`upsample_tail_matmul`), the same weights
+#: as two matrix products over the channels and 27 shifted sums: the same function up to float rounding (~1e-6
+#: relative), with neither the 3x-larger interleaved feature volume nor a CPU convolution kernel that runs one output
+#: channel at a few percent of its usual rate.
+OUTPUT_LAYERS = ("matmul", "conv")
+
+
+def _channel_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Returns `weight @ x` over dim 1: `x [B, C, *S]`, `weight [O, C]` -> `[B, O, *S]`."""
+    b, c, *spatial = x.shape
+    # bmm writes [B, O, V] directly; matmul's broadcast of a 2-d weight would transpose its result into place
+    return torch.bmm(weight.expand(b, -1, -1), x.contiguous().view(b, c, -1)).view(b, weight.shape[0], *spatial)
+
+
+def _span(shift: int, size: int) -> tuple[slice, slice]:
+    """Returns the (destination, source) slices of `dst[p] += src[p + shift]` over `size` voxels, zero outside."""
+    return slice(max(0, -shift), size - max(0, shift)), slice(max(0, shift), size - max(0, -shift))
+
+
+def _tap_placements(axis: int, s: int, size: Sequence[int]) -> list[tuple[tuple, tuple]]:
+    """Returns, for every 3x3x3 tap and output phase, the index of its block in the tap maps `[B, O, 27, s, D, H, W]`
+    and of the output block `[B, O, s, D, H, W]` it adds to (zero padding: the blocks are cropped at the borders)."""
+    placements = []
+    for tap in range(27):
+        offsets = [tap // 9 - 1, tap // 3 % 3 - 1, tap % 3 - 1]
+        for r in range(s):
+            source_phase, carry = (r + offsets[axis]) % s, (r + offsets[axis]) // s
+            spans = [_span(carry if a == axis else offsets[a], n) for a, n in enumerate(size)]
+            placements.append(((slice(None), slice(None), tap, source_phase, *(src for _, src in spans)),
+                               (slice(None), slice(None), r, *(dst for dst, _ in spans))))
+    return placements
+
+
+class _TapSum(torch.autograd.Function):
+    """The 27 tap maps of a 3x3x3 convolution shifted into place and summed, on the phase layout; its backward
+    scatters the output gradient back to each tap's block once (autograd's own would build one full-size zero
+    tensor per slice)."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, axis: int) -> torch.Tensor:  # type: ignore[override]
+        b, o, _, s, *size = z.shape
+        ctx.placements = _tap_placements(axis, s, size)
+        ctx.z_shape, ctx.z_dtype = z.shape, z.dtype
+        out = z.new_zeros((b, o, s, *size), dtype=torch.promote_types(z.dtype, torch.float32))
+        for source, target in ctx.placements:
+            out[target].add_(z[source])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        grad_z = grad.new_zeros(ctx.z_shape, dtype=ctx.z_dtype)
+        for source, target in ctx.placements:  # each (tap, source phase) block is written by exactly one phase
+            grad_z[source].copy_(grad[target])
+        return grad_z, None
+
+
+def upsample_tail_matmul(feat: torch.Tensor, deconv: nn.ConvTranspose3d, conv: nn.Conv3d, up_dim: int,
+                         slope: float) -> torch.Tensor:
+    """Returns `conv(leaky_relu(deconv(feat)))` for a transposed conv whose kernel equals its stride `s` along
+    `up_dim` (1 elsewhere) and a 3x3x3 conv with padding 1, computed on the "phase" layout `[B, C, s, D, H, W]`
+    (HR voxel `s*i + r` of the upsampled axis is LR voxel `i`, phase `r`), interleaved only at the end.
+
+    Args:
+        feat: `[B, C, D, H, W]` LR features.
+        deconv: `ConvTranspose3d(C, C', kernel=stride=s along up_dim)`.
+        conv: `Conv3d(C', O, 3, padding=1)`.
+        up_dim: -3, -2 or -1.
+        slope: the LeakyReLU's negative slope.
+
+    Returns:
+        `[B, O, ...]` with the `up_dim` size multiplied by `s`.
+    """
+    c, c2 = deconv.weight.shape[:2]
+    s = deconv.weight.shape[up_dim]
+    b, _, *size = feat.shape
+    # transposed conv: output channel o, phase r = one linear map of the LR voxel's channels
+    up = _channel_matmul(feat, deconv.weight.reshape(c, c2, s).permute(1, 2, 0).reshape(c2 * s, c))
+    up = up.view(b, c2, s, *size)
+    if deconv.bias is not None:
+        up = up.add_(deconv.bias.view(1, c2, 1, 1, 1, 1))  # in place: bmm's backward needs its inputs only
+    up = F.leaky_relu(up, slope, inplace=True)
+    # 3x3x3 conv: one map per (output channel, tap), then the 27 maps shifted into place and summed
+    o = conv.weight.shape[0]
+    z = _channel_matmul(up, conv.weight.permute(0, 2, 3, 4, 1).reshape(o * 27, c2)).view(b, o, 27, s, *size)
+    axis = 3 + up_dim  # the upsampled axis among (D, H, W)
+    out = _TapSum.apply(z, axis)  # float32 sums, also of bf16 maps
+    if conv.bias is not None:
+        out = out + conv.bias.view(1, o, 1, 1, 1, 1)
+    # interleave the phases into the upsampled axis: [B, O, s, D, H, W] -> [B, O, ..., n * s, ...]
+    order = [0, 1, *[2 + a + 1 for a in range(axis + 1)], 2, *[2 + a + 1 for a in range(axis + 1, 3)]]
+    shape = [b, o, *size]
+    shape[up_dim] *= s
+    return out.permute(*order).reshape(shape)
+
+
 class ResnetBlock(nn.Module):
     """Two 3x3x3 conv + BN layers with a LeakyReLU between them and an identity skip.
 
@@ -84,16 +180,21 @@ class EasySRGenerator(nn.Module):
         input_skip: "none" (the reference) or "nearest" / "linear": add the input, interpolated along `up_dim`
             on the same extent grid, to the output, so the network learns a residual. Adds no parameter (the
             reference checkpoints still load) but changes what they compute: keep "none" for them.
+        output_layers: "matmul" (default) or "conv": how the transposed conv and `conv3` are computed
+            (`OUTPUT_LAYERS`; the same parameters and function, "conv" is the reference's arithmetic).
 
     Raises:
-        ValueError: scale < 1, up_dim not in (-3, -2, -1), unknown input_skip.
+        ValueError: scale < 1, up_dim not in (-3, -2, -1), unknown input_skip or output_layers.
     """
 
     def __init__(self, in_ch: int = 1, out_ch: int = 1, width: int = 32, n_res: int = 2, scale: int = 3,
-                 up_dim: int = -2, input_skip: str = "none") -> None:
+                 up_dim: int = -2, input_skip: str = "none", output_layers: str = "matmul") -> None:
         super().__init__()
         if scale < 1 or up_dim not in (-3, -2, -1):
             raise ValueError(f"need scale >= 1 and up_dim in (-3, -2, -1), got scale={scale}, up_dim={up_dim}")
+        if output_layers not in OUTPUT_LAYERS:
+            raise ValueError(f"output_layers must be one of {OUTPUT_LAYERS}, got {output_layers!r}")
+        self.output_layers = output_layers
         if input_skip not in ("none", "nearest", "linear") or (input_skip != "none" and in_ch != out_ch):
             raise ValueError(f"input_skip must be none, nearest or linear (with in_ch == out_ch), got {input_skip!r}")
         self.scale = int(scale)
@@ -122,7 +223,10 @@ class EasySRGenerator(nn.Module):
         for i in range(self.n_res):
             feat = getattr(self, f"residual_block{i + 1}")(feat)
         feat = self.conv_block2(feat) + first
-        out = self.conv3(self.deup(feat))
+        if self.output_layers == "conv":
+            out = self.conv3(self.deup(feat))
+        else:
+            out = upsample_tail_matmul(feat, self.deup.deupblock[0], self.conv3, self.up_dim, _SLOPE)
         if self.input_skip != "none":
             factors = [1.0, 1.0, 1.0]
             factors[self.up_dim] = float(self.scale)

@@ -86,6 +86,53 @@ def test_generator_rejects_bad_arguments():
         EasySRGenerator(up_dim=1)
     with pytest.raises(ValueError):
         EasySRGenerator(scale=0)
+    with pytest.raises(ValueError, match="output_layers"):
+        EasySRGenerator(output_layers="fft")
+
+
+def _max_relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / a.abs().max()).item()
+
+
+@pytest.mark.parametrize("up_dim,scale,out_ch", [(-3, 2, 1), (-2, 3, 1), (-1, 4, 1), (-2, 3, 2)])
+def test_matmul_tail_computes_the_convolutions_and_their_gradients(up_dim, scale, out_ch):
+    """The default `output_layers="matmul"` is the reference's transposed conv + conv3 up to float rounding, at the
+    borders too (odd sizes, every axis upsampled), for the output, the input gradient and every weight gradient."""
+    torch.manual_seed(0)
+    conv = EasySRGenerator(out_ch=out_ch, width=6, n_res=1, scale=scale, up_dim=up_dim, output_layers="conv")
+    matmul = EasySRGenerator(out_ch=out_ch, width=6, n_res=1, scale=scale, up_dim=up_dim)
+    matmul.load_state_dict(conv.state_dict())
+    x = torch.rand(2, 1, 5, 6, 7) * 255
+    weights = None  # a fixed random weighting of the output (not zero-mean, so that no gradient is pure rounding)
+    outs, grads = [], []
+    for net in (conv, matmul):
+        xi = x.clone().requires_grad_()
+        out = net.train()(xi)
+        weights = torch.rand(out.shape, generator=torch.Generator().manual_seed(1)) if weights is None else weights
+        (out * weights).sum().backward()
+        outs.append(out.detach())
+        grads.append([xi.grad, net.deup.deupblock[0].weight.grad, net.deup.deupblock[0].bias.grad,
+                      net.conv3.weight.grad, net.conv3.bias.grad, net.conv_block1[0].weight.grad])
+    assert outs[0].shape == outs[1].shape
+    assert _max_relative(outs[0], outs[1]) < 1e-5
+    for expected, got in zip(*grads):
+        assert _max_relative(expected, got) < 1e-4
+
+
+def test_matmul_tail_with_channels_last_weights_and_under_bf16_autocast():
+    torch.manual_seed(0)
+    conv = EasySRGenerator(width=8, n_res=1, output_layers="conv").eval()
+    matmul = EasySRGenerator(width=8, n_res=1).eval()
+    matmul.load_state_dict(conv.state_dict())
+    x = torch.rand(1, 1, 6, 5, 7) * 255
+    with torch.no_grad():
+        expected = conv(x)
+        layout = matmul.to(memory_format=torch.channels_last_3d)(x.contiguous(memory_format=torch.channels_last_3d))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = matmul(x)
+    assert _max_relative(expected, layout) < 1e-5
+    assert bf16.dtype == torch.float32  # its 27 tap maps are summed in float32
+    assert _max_relative(expected, bf16.float()) < 0.05
 
 
 @pytest.mark.parametrize("build,expected,probe", [
