@@ -123,7 +123,8 @@ def measure(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1, flops: bool
     Args:
         fn: the call to time.
         repeat: timed runs.
-        warmup: untimed runs first (at least one when `flops`).
+        warmup: untimed runs first (at least one after the peak-memory window opens, so that the timed runs do
+            not pay the first touch of freshly mapped memory).
         flops: count the floating-point operations of one call (torch's FlopCounterMode, during the first warmup
             run) and add `gflop` per call, `gflops_per_s` = gflop / median and `efficiency` = gflops_per_s / the
             fp32 4096-square matmul GFLOP/s timed right after the call (`matmul_gflops`): a figure comparable
@@ -137,9 +138,11 @@ def measure(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1, flops: bool
             fn()
         out["gflop"] = counter.get_total_flops() / 1e9
         warmup -= 1
-    for _ in range(warmup):
-        fn()
     _reset_peak()
+    # at least one untimed call after the heap is returned to the OS: the timed calls then find their memory mapped
+    # (a training step's steady state, not its first touch of fresh pages) and the peak still covers one call
+    for _ in range(max(warmup, 1)):
+        fn()
     times, cpu = [], []
     for _ in range(repeat):
         start, start_cpu = time.perf_counter(), time.process_time()

@@ -5,7 +5,9 @@ seconds on one thread, with the variants run in turn in one process, are. Rows: 
 (paper size, random weights, non-trivial BatchNorm statistics) plain, with BatchNorm folded (`common.fold`),
 folded + channels_last and folded + bf16 autocast; then SPiN slices per pass fixed (32, 8) against a 1.7G budget
 (`common.memory`), with the peak resident memory of each call; with `--parts graphs`, SPiN eager against a frozen
-TorchScript graph and `torch.compile` (`common.compiled`).
+TorchScript graph and `torch.compile` (`common.compiled`); with `--parts tail`, the EasySR generator's tail
+(transposed conv + conv to one channel) as torch's convolutions against matrix products (`output_layers`), one
+whole-volume inference and one G+D train step each, both after a warm-up (no first-touch page faults).
 """
 
 from __future__ import annotations
@@ -109,9 +111,34 @@ def budget_cases(slices: int) -> dict[str, Callable[[], object]]:
             "SPiN budget 1.7G": lambda: predict_volume(fn, scan, 5, 32, max_memory=parse_memory("1.7G"))}
 
 
-def interleaved(cases: dict[str, Callable[[], object]], repeat: int) -> list[dict]:
-    """Runs each case once untimed, then all in turn `repeat` times; returns CPU seconds and peak memory rows."""
+def tail_cases() -> dict[str, Callable[[], object]]:
+    """Returns name -> an EasySR inference or G+D step (fp32, reference sizes) with either generator tail."""
+    from benchmarks.easysr import gan_step
+    from projects.easysr.model import PatchDiscriminator3D
+
+    torch.manual_seed(0)
+    lr, hr = torch.rand(2, 1, 128, 64, 128) * 255, torch.rand(2, 1, 128, 192, 128) * 255
+    cases: dict[str, Callable[[], object]] = {}
+    for tail in ("conv", "matmul"):
+        gen = _trained_like(EasySRGenerator(output_layers=tail))
+        cases[f"EasySR G [128,64,128] tail={tail}"] = lambda g=gen: _no_grad(upsample_normalised, g.eval(), lr[0, 0])
+    for tail in ("conv", "matmul"):
+        gen, disc = EasySRGenerator(output_layers=tail).train(), PatchDiscriminator3D(head="patch").train()
+        opt_g, opt_d = torch.optim.Adam(gen.parameters(), 2e-4), torch.optim.Adam(disc.parameters(), 2e-4)
+        cases[f"EasySR G+D step [2,1,128,64,128] tail={tail}"] = \
+            lambda g=gen, d=disc, og=opt_g, od=opt_d: gan_step(g.train(), d, og, od, lr, hr, 1e-3, "32")
+    return cases
+
+
+def _no_grad(fn: Callable[..., object], *args: object) -> object:
     with torch.no_grad():
+        return fn(*args)
+
+
+def interleaved(cases: dict[str, Callable[[], object]], repeat: int, grad: bool = False) -> list[dict]:
+    """Runs each case once untimed, then all in turn `repeat` times; returns CPU seconds and peak memory rows
+    (`grad`: with autograd enabled, for training steps)."""
+    with torch.set_grad_enabled(grad):
         for call in cases.values():
             call()
         cpu: dict[str, list[float]] = {name: [] for name in cases}
@@ -131,19 +158,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=16, help="SPiN slices of the lever rows")
     parser.add_argument("--budget-slices", type=int, default=32, help="SPiN slices of the budget rows")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--parts", nargs="*", choices=["levers", "budget", "graphs"], default=["levers", "budget"],
-                        help="graphs: SPiN eager, frozen TorchScript and compiled (about 2 minutes to build)")
+    parser.add_argument("--parts", nargs="*", choices=["levers", "budget", "graphs", "tail"],
+                        default=["levers", "budget"],
+                        help="graphs: SPiN eager, frozen TorchScript and compiled (about 2 minutes to build); "
+                             "tail: EasySR's generator tail as convolutions or matrix products (about 5 minutes)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU seconds compare best on 1)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
     if "levers" in args.parts:
-        print_table(interleaved(lever_cases(args.slices), args.repeat), f"levers, 1 thread, load average {load:.1f}")
+        print_table(interleaved(lever_cases(args.slices), args.repeat), f"levers, {args.threads} thread(s), load average {load:.1f}")
     if "budget" in args.parts:
         print_table(interleaved(budget_cases(args.budget_slices), 2), "SPiN slices per pass against a memory budget")
     if "graphs" in args.parts:
         cases, build = graph_cases(args.slices)
         rows = [{**row, "build_s": build.get(row["row"], 0.0)} for row in interleaved(cases, args.repeat)]
-        print_table(rows, "SPiN graphs, 1 thread (build_s: wall seconds to trace/freeze or compile)")
+        print_table(rows, f"SPiN graphs, {args.threads} thread(s) (build_s: wall seconds to trace/freeze or compile)")
+    if "tail" in args.parts:
+        print_table(interleaved(tail_cases(), args.repeat, grad=True),
+                    f"EasySR generator tail, {args.threads} thread(s), load average {load:.1f}")
     return 0
 
 
