@@ -1,6 +1,7 @@
 """`python -m benchmarks.summary`: the speed rows of every `results/<project>.json` as one Markdown table.
 
-Each row: our time, efficiency (achieved GFLOP/s over the same run's fp32 matmul), peak memory, the reference's
+Each row: our time, efficiency (achieved GFLOP/s over the same run's fp32 matmul), the efficiency the target needs
+(the target speed-up times the reference's efficiency: both compute the same FLOPs), peak memory, the reference's
 time on the machine of PERF.md most like this one, the speed-up against it and the target, and the speed-up the
 two efficiencies imply on one machine, which decides "met" where the reference's efficiency is known (a time
 measured on another machine of this kind can be 2.5x off); above the table, each results file's machine.
@@ -16,8 +17,8 @@ from typing import Any
 from benchmarks.harness import RESULTS_DIR, machine_line
 
 PROJECTS = ("saint", "spin", "rstn", "easysr", "fastmri_gen")
-COLUMNS = ("row", "seconds", "efficiency", "peak_rss_mb", "ref_seconds", "speedup", "target_speedup",
-           "speedup_by_efficiency")
+COLUMNS = ("row", "seconds", "efficiency", "needed_efficiency", "peak_rss_mb", "ref_seconds", "speedup",
+           "target_speedup", "speedup_by_efficiency")
 
 
 def _cell(value: Any) -> str:
@@ -52,6 +53,9 @@ def summary(results_dir: Path = RESULTS_DIR) -> str:
             if row.get("ref_seconds") is None and row.get("efficiency") is None:
                 continue  # a quality row, or a time with nothing to compare it with
             met = _met(row)
+            if row.get("ref_efficiency_12_07") and row.get("target_speedup"):
+                # the same FLOPs on one machine: the target speed-up needs the target times the reference's efficiency
+                row = {**row, "needed_efficiency": round(row["target_speedup"] * row["ref_efficiency_12_07"], 2)}
             lines.append(f"| {project} | " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + f" | {met} |")
     return "\n".join(["Machines:", *machines, "", *lines]) + "\n"
 
