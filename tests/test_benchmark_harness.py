@@ -73,14 +73,17 @@ def test_the_summary_lists_every_speed_row_with_its_machine(tmp_path: Path) -> N
 
     machine = {"cpu": "Some CPU", "cores": 2, "threads": 2, "cpu_flags": ["avx512_bf16", "avx512f"],
                "bf16_hardware": True, "fp32_matmul_4096_gflops": 200.0, "load_average": 0.5}
-    rows = [{"row": "step: fp32", "seconds": 2.0, "efficiency": 0.5, "ref_seconds": 5.2, "speedup": 0.6,
-             "target_speedup": 1.5, "speedup_by_efficiency": 2.4, "ref_efficiency_12_07": 0.21}, {"row": "quality", "dice": 0.8},
+    rows = [{"measurement": "larger volume", "seconds": 50.0, "efficiency": 0.9},
+            {"row": "step: fp32", "seconds": 2.0, "efficiency": 0.5, "ref_seconds": 5.2, "speedup": 0.6,
+             "target_speedup": 1.5, "speedup_by_efficiency": 2.4, "ref_efficiency_12_07": 0.21},
+            {"row": "quality", "dice": 0.8},
             {"row": "DSC fusion", "seconds": None, "ref_seconds": None, "efficiency": None, "mean": 0.4},
             {"row": "training seconds", "seconds": 500.0, "ref_seconds": None, "efficiency": None},
             {"row": "volume: fp32", "seconds": 20.0, "ref_seconds": 20.6, "speedup": 1.03, "target_speedup": 2.0}]
     (tmp_path / "spin.json").write_text(json.dumps({"when": "today", "machine": machine, "rows": rows}))
     text = summary(tmp_path)
     assert "bf16/AMX flags: avx512_bf16 (bf16 hardware: yes)" in text and "200.0 GFLOP/s" in text
-    assert "| spin | step: fp32 | 2 | 0.5 | 0.32 |" in text and text.count("| spin |") == 2  # needs 1.5 x 0.21
+    assert "| spin | step: fp32 | 2 | 0.5 | 0.32 |" in text and text.count("| spin |") == 3  # needs 1.5 x 0.21
+    assert "| spin | larger volume | 50 | 0.9 |" in text
     assert text.splitlines()[-2].endswith("| yes |")  # by efficiency, whatever the other machine's time
     assert text.splitlines()[-1].endswith("| no (by time) |")
