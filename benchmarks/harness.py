@@ -235,8 +235,8 @@ REFERENCE: dict[tuple[str, str], dict[str, Any]] = {
                          "seconds": {"2026-11-23": 154.0, "2026-12-07": 232.0}, "efficiency": 0.53},
     ("easysr", "step"): {"input": "G+D, [2,1,128,64,128]", "seconds": {"2026-11-23": 23.4, "2026-12-07": 23.1},
                          "efficiency": 0.25},
-    # PERF.md gives no efficiency for this row; 0.23 = the generator's 303.6 GFLOP (the same network, outputs equal
-    # bit for bit) / 4.3 s / 311 GFLOP/s, the rule that reproduces PERF.md's figure for the step (1822 / 23.1 / 311)
+    # PERF.md gives no efficiency for this row; 0.23 = the generator's 303.6 GFLOP (the same network and
+    # FLOPs) / 4.3 s / 311 GFLOP/s, the rule that reproduces PERF.md's figure for the step (1822 / 23.1 / 311)
     ("easysr", "volume"): {"input": "[1,1,128,64,128]", "seconds": {"2026-11-23": 3.3, "2026-12-07": 4.3},
                            "efficiency": 0.23},
     ("fastmri_gen", "step"): {"input": "[8,1,320,320], L1 + GAN",

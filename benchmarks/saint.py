@@ -162,8 +162,9 @@ def inference_rows_512(plane_batch: int | None, n_planes: int, n_slices: int) ->
 
         t_msr, t_rfn = measure(msr, repeat=1, warmup=1, flops=True), measure(rfn, repeat=1, warmup=1, flops=True)
         total = t_msr["median_s"] * (2 * size / n_planes) + t_rfn["median_s"] * (z_lr * f / n_slices)
-        rows.append({"measurement": f"whole volume 512x512x60 -> 240, both views + RFN, {name} "
-                                    f"(extrapolated from {n_planes} planes and {n_slices} axial slices)",
+        rows.append({"row": f"volume: 512x512x60 -> 240, both views + RFN, {name} "
+                            f"(extrapolated from {n_planes} planes and {n_slices} axial slices)",
+                     "measurement": "whole volume",
                      "seconds": round(total, 1), "efficiency": round(
                          (t_msr["gflop"] * 2 * size / n_planes + t_rfn["gflop"] * z_lr * f / n_slices)
                          / total / t_msr["matmul_gflops"], 3),

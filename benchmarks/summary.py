@@ -56,7 +56,6 @@ def summary(results_dir: Path = RESULTS_DIR) -> str:
             if row.get("ref_efficiency_12_07") and row.get("target_speedup"):
                 # the same FLOPs on one machine: the target speed-up needs the target times the reference's efficiency
                 row = {**row, "needed_efficiency": round(row["target_speedup"] * row["ref_efficiency_12_07"], 2)}
-            row = {**row, "row": row.get("row") or row.get("measurement")}  # SAINT's larger volumes say "measurement"
             lines.append(f"| {project} | " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + f" | {met} |")
     return "\n".join(["Machines:", *machines, "", *lines]) + "\n"
 

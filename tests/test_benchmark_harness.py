@@ -73,7 +73,7 @@ def test_the_summary_lists_every_speed_row_with_its_machine(tmp_path: Path) -> N
 
     machine = {"cpu": "Some CPU", "cores": 2, "threads": 2, "cpu_flags": ["avx512_bf16", "avx512f"],
                "bf16_hardware": True, "fp32_matmul_4096_gflops": 200.0, "load_average": 0.5}
-    rows = [{"measurement": "larger volume", "seconds": 50.0, "efficiency": 0.9},
+    rows = [{"row": "larger volume", "seconds": 50.0, "efficiency": 0.9},
             {"row": "step: fp32", "seconds": 2.0, "efficiency": 0.5, "ref_seconds": 5.2, "speedup": 0.6,
              "target_speedup": 1.5, "speedup_by_efficiency": 2.4, "ref_efficiency_12_07": 0.21},
             {"row": "quality", "dice": 0.8},

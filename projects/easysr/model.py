@@ -226,7 +226,8 @@ class EasySRGenerator(nn.Module):
         if self.output_layers == "conv":
             out = self.conv3(self.deup(feat))
         else:
-            out = upsample_tail_matmul(feat, self.deup.deupblock[0], self.conv3, self.up_dim, _SLOPE)
+            deconv, act = self.deup.deupblock
+            out = upsample_tail_matmul(feat, deconv, self.conv3, self.up_dim, act.negative_slope)
         if self.input_skip != "none":
             factors = [1.0, 1.0, 1.0]
             factors[self.up_dim] = float(self.scale)
