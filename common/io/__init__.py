@@ -1,4 +1,5 @@
-"""Shared readers and writers: NIfTI, DICOM, fastMRI HDF5, the npy volume cache, atomic writes."""
+"""Shared readers and writers: NIfTI, DICOM, fastMRI HDF5, the npy volume cache, atomic writes,
+a lock for folders that several processes prepare."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from common.io.fastmri import (
     write_fastmri_volume,
     write_reconstructions,
 )
+from common.io.lock import prepare_lock
 from common.io.nifti import (
     Volume,
     load_nifti,
@@ -44,6 +46,7 @@ __all__ = [
     "load_dicom_series",
     "load_nifti",
     "load_json",
+    "prepare_lock",
     "save_json",
     "save_nifti",
     "save_npy",

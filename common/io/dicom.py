@@ -125,7 +125,7 @@ def _scan_folder(folder: Path) -> tuple[dict[str, list[_Slice]], int]:
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if name.startswith("._") or name.upper() == "DICOMDIR":
+            if name.startswith(".") or name.upper() == "DICOMDIR":  # `._x` forks, temporary files
                 continue
             path = Path(root) / name
             ds = _read_header(path)

@@ -27,7 +27,7 @@ import numpy as np
 
 from common.cli import exit_code_on_data_error
 from common.errors import DataError
-from common.io import load_nifti, scale_axis_affine
+from common.io import load_nifti, prepare_lock, scale_axis_affine
 from common.io.cache import VolumeCache
 from common.prepare import add_renamed_flag, prepare_parser, raw_root
 from common.splits import load_split, write_split
@@ -44,7 +44,9 @@ SOURCE = "no public data set: isotropic NIfTI volumes as in projects/easysr/READ
 
 
 def _nifti_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith((".nii", ".nii.gz")))
+    """The NIfTI files of `folder`, without hidden ones (`._x.nii.gz` forks, other writers' temporary files)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith("."))
 
 
 def find_volumes(raw_dir: str | Path, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[Path]]:
@@ -164,13 +166,17 @@ def build_cache(raw_dir: str | Path, cache_dir: str | Path, axis: int = 1, scale
     cache = VolumeCache(cache_dir)
     if not force and cache.index_path.exists() and cache_is_current(cache, splits, axis, scale):
         return cache
-    for split, paths in splits.items():
-        for path in paths:
-            case = _prepare_case(path, split, axis, scale, require_isotropic)
-            cache.write_case(case_id(path), case["arrays"], affine=case["affine"], meta=case["meta"])
-    ids = {split: [case_id(p) for p in paths] for split, paths in splits.items()}
-    write_split(cache.root / SPLIT_FILE, name="easysr", train=ids["training"], val=ids["validation"], test=ids["test"],
-                source=f"{raw_dir}: its training/ validation/ test/ folders, or a seeded shuffle of a flat folder")
+    with prepare_lock(cache_dir):  # another node or sweep job may be writing this cache
+        if not force and cache.index_path.exists() and cache_is_current(cache, splits, axis, scale):
+            return cache
+        for split, paths in splits.items():
+            for path in paths:
+                case = _prepare_case(path, split, axis, scale, require_isotropic)
+                cache.write_case(case_id(path), case["arrays"], affine=case["affine"], meta=case["meta"])
+        ids = {split: [case_id(p) for p in paths] for split, paths in splits.items()}
+        write_split(cache.root / SPLIT_FILE, name="easysr", train=ids["training"], val=ids["validation"],
+                    test=ids["test"],
+                    source=f"{raw_dir}: its training/ validation/ test/ folders, or a seeded shuffle of a flat folder")
     return cache
 
 

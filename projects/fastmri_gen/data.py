@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
-from common.io import FastMRIFile
+from common.io import FastMRIFile, prepare_lock
 from common.loaders import loader_options
 from common.prepare import cache_root, not_prepared
 from projects.fastmri_gen.prepare import SOURCE, load_or_build_index, write_synthetic_tree
@@ -327,8 +327,11 @@ class FastMRIDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         synthetic = self.hparams.synthetic
-        if synthetic and not (Path(self.hparams.data_dir) / self.hparams.val_split).is_dir():
-            write_synthetic_tree(self.hparams.data_dir, **dict(synthetic))
+        done = Path(self.hparams.data_dir) / self.hparams.val_split
+        if synthetic and not done.is_dir():
+            with prepare_lock(self.hparams.data_dir):  # another node or sweep job may be writing this folder
+                if not done.is_dir():
+                    write_synthetic_tree(self.hparams.data_dir, **dict(synthetic))
 
     def dataset(self, stage: str) -> FastMRISliceDataset:
         """Return (building once) the dataset of "train", "val" or "test"."""

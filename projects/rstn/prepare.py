@@ -29,6 +29,7 @@ from common.cli import exit_code_on_data_error
 from common.errors import DataError
 from common.io.cache import VolumeCache
 from common.io.dicom import load_dicom_series
+from common.io.lock import prepare_lock
 from common.io.nifti import Volume, load_nifti, reorient_like
 from common.prepare import add_renamed_flag, cache_root, prepare_parser, raw_root
 from common.splits import write_split as save_split
@@ -179,15 +180,14 @@ def prepare_synthetic(cache_root: str | Path, n_cases: int, shape: Sequence[int]
     from common.synthetic.ct import CT_LABELS, ct_abdomen
 
     cache = VolumeCache(cache_root)
-    ids = []
-    for i in range(n_cases):
-        case_id = f"synth{i:03d}"
-        if not cache.has(case_id):
-            hu, organ, affine = ct_abdomen(seed + i, shape=tuple(shape))
-            store_case(cache, case_id, Volume(hu, affine), organ, f"ct_abdomen(seed={seed + i})",
-                       foreground=(CT_LABELS["pancreas"],))
-        ids.append(case_id)
-    write_split(Path(cache_root) / "splits.json", fold_split(ids, n_folds), "synthetic")
+    ids = [f"synth{i:03d}" for i in range(n_cases)]
+    with prepare_lock(cache_root):  # another node or sweep job may be writing this cache
+        for i, case_id in enumerate(ids):
+            if not cache.has(case_id):
+                hu, organ, affine = ct_abdomen(seed + i, shape=tuple(shape))
+                store_case(cache, case_id, Volume(hu, affine), organ, f"ct_abdomen(seed={seed + i})",
+                           foreground=(CT_LABELS["pancreas"],))
+        write_split(Path(cache_root) / "splits.json", fold_split(ids, n_folds), "synthetic")
     return ids
 
 

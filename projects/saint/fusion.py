@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from common.errors import DataError
 from common.io.atomic import save_json, save_npy
 from common.io.cache import VolumeCache
+from common.io.lock import prepare_lock
 from common.runtime import autocast
 from projects.saint.checkpoint import load_weights
 from projects.saint.data import IMAGE_KEY, SaintDataModule, VolumeDataset, first_item, fusion_file, lr_from_hr
@@ -60,23 +61,26 @@ def build_fusion_inputs(net: SAINT, cache: VolumeCache, case_ids: Sequence[str],
     out_dir = Path(out_dir)
     source = {**source, "precision": precision}
     record = out_dir / SOURCE_FILE
-    fresh = record.exists() and _read_json(record) == source
     files = []
     net.eval()
-    for case_id in case_ids:
-        spacing = cache.meta(case_id)["spacing"]
-        for f in factors:
-            path = fusion_file(out_dir, case_id, f)
-            files.append(path)
-            if fresh and path.exists():
-                continue
-            hr, lr = lr_from_hr(np.asarray(cache.load(case_id, IMAGE_KEY), dtype=np.float32), f)
-            with autocast(precision):
-                view_x, view_y = net.infer_views(torch.from_numpy(np.ascontiguousarray(lr)), spacing, f, plane_batch)
-            stack = torch.stack([view_x.float(), view_y.float(), torch.from_numpy(hr)]).round_().clamp_(0, MAX_INTENSITY)
-            save_npy(path, stack.permute(3, 0, 1, 2).numpy().astype(np.uint16))
-            log.info("stage-1 views of %s at x%d written to %s", case_id, f, path)
-    save_json(record, source)
+    with prepare_lock(out_dir):  # another node or sweep job may be writing this folder
+        fresh = record.exists() and _read_json(record) == source
+        for case_id in case_ids:
+            spacing = cache.meta(case_id)["spacing"]
+            for f in factors:
+                path = fusion_file(out_dir, case_id, f)
+                files.append(path)
+                if fresh and path.exists():
+                    continue
+                hr, lr = lr_from_hr(np.asarray(cache.load(case_id, IMAGE_KEY), dtype=np.float32), f)
+                with autocast(precision):
+                    view_x, view_y = net.infer_views(torch.from_numpy(np.ascontiguousarray(lr)), spacing, f,
+                                                     plane_batch)
+                stack = torch.stack([view_x.float(), view_y.float(), torch.from_numpy(hr)])
+                stack = stack.round_().clamp_(0, MAX_INTENSITY)
+                save_npy(path, stack.permute(3, 0, 1, 2).numpy().astype(np.uint16))
+                log.info("stage-1 views of %s at x%d written to %s", case_id, f, path)
+        save_json(record, source)
     return files
 
 

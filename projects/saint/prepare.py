@@ -72,7 +72,7 @@ def _dataset_entries(task: Path) -> set[str]:
 
 
 def list_task_images(task: Path) -> list[tuple[str, Path]]:
-    """Returns `(case_id, path)` of every image in `imagesTr/` and `imagesTs/`, skipping `._*` files.
+    """Returns `(case_id, path)` of every image in `imagesTr/` and `imagesTs/`, skipping hidden files (`._*`).
 
     Raises:
         DataError: unreadable `dataset.json`, or an image it lists that is missing.
@@ -81,7 +81,7 @@ def list_task_images(task: Path) -> list[tuple[str, Path]]:
     images = []
     for sub in ("imagesTr", "imagesTs"):
         for path in sorted((task / sub).glob("*.nii.gz")):
-            if not path.name.startswith("._"):
+            if not path.name.startswith("."):  # `._x` forks, other writers' temporary files
                 images.append((path.name[: -len(".nii.gz")], path))
     present = {str(Path(p.parent.name) / p.name) for _, p in images}
     missing = sorted(p for p in listed if p not in present)

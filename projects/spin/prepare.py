@@ -49,7 +49,8 @@ def find_scans(root: str | os.PathLike) -> dict[str, tuple[Path, list[Path]]]:
     for folder in sorted(p for p in root.glob("*/*") if p.is_dir() and SCAN_DIR.match(p.name)):
         scan = folder.name
         t1 = [p for p in folder.glob(f"{scan}_t1w_stx.nii*")]
-        masks = sorted(p for p in folder.glob("*LesionSmooth*_stx.nii*"))
+        # not `._x` forks or another writer's hidden temporary files, which `glob("*...")` would match
+        masks = sorted(p for p in folder.glob("*LesionSmooth*_stx.nii*") if not p.name.startswith("."))
         if not t1:
             raise DataError(folder, f"scan {scan} has no {scan}_t1w_stx.nii.gz")
         if not masks:

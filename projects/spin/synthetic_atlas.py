@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from common.io.atomic import save_json
+from common.io.lock import prepare_lock
 from common.synthetic import write_atlas_tree as write_atlas_layout
 from common.synthetic.brain import brain_t1
 from projects.spin.data import ATLASDataModule
@@ -89,13 +90,16 @@ class SyntheticATLASDataModule(ATLASDataModule):
     def prepare_data(self) -> None:
         if (self.root / "split.json").exists():
             return
-        spec = self.synthetic
-        ids = synthetic_scan_ids(spec["n_train"] + spec["n_test"])
-        write_atlas_tree(self.root / "raw", ids, spec["shape"], spec["seed"], spec["n_lesions"],
-                         spec["small_fraction"])
-        prepare(self.root / "raw", self.root / "cache")
-        save_json(self.root / "split.json", {"name": "synthetic", "train": ids[:spec["n_train"]],
-                                             "test": ids[spec["n_train"]:]})
+        with prepare_lock(self.root):  # another node or sweep job may be writing this folder
+            if (self.root / "split.json").exists():
+                return
+            spec = self.synthetic
+            ids = synthetic_scan_ids(spec["n_train"] + spec["n_test"])
+            write_atlas_tree(self.root / "raw", ids, spec["shape"], spec["seed"], spec["n_lesions"],
+                             spec["small_fraction"])
+            prepare(self.root / "raw", self.root / "cache")
+            save_json(self.root / "split.json", {"name": "synthetic", "train": ids[:spec["n_train"]],
+                                                 "test": ids[spec["n_train"]:]})
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()

@@ -13,6 +13,7 @@ from common.synthetic import isotropic_volume
 from projects.easysr.data import EasySRDataModule, SRPatchDataset
 from projects.easysr.ops import Normaliser, make_lr, normalise, spline_upsample
 from projects.easysr.prepare import build_cache, find_volumes
+from tests.contract import check_waits_for_the_prepare_lock
 
 
 def test_flat_folder_split_is_seeded_and_disjoint(flat_raw):
@@ -157,3 +158,17 @@ def test_bad_raw_data_is_named(tmp_path, problem, match):
     with pytest.raises(DataError, match=match):
         build_cache(raw, tmp_path / "cache")
     assert not VolumeCache(tmp_path / "cache").index_path.exists()
+
+
+def test_the_cache_waits_for_another_writer_of_its_folder(flat_raw, tmp_path):
+    """Two nodes on one shared file system (or two jobs of a sweep) build the same cache in turn."""
+    cache = tmp_path / "cache"
+    check_waits_for_the_prepare_lock(cache, lambda: build_cache(flat_raw, cache), cache / "index.json")
+    assert len(VolumeCache(cache)) == 5
+
+
+def test_hidden_files_in_the_raw_folder_are_not_volumes(flat_raw):
+    before = find_volumes(flat_raw, 0.2, seed=3)
+    (flat_raw / ".rat00.nii.gz.4242-0badf00d.tmp.nii.gz").write_bytes(b"")  # another writer, mid-write
+    (flat_raw / "._rat01.nii.gz").write_bytes(b"\0" * 10)  # a macOS fork
+    assert find_volumes(flat_raw, 0.2, seed=3) == before

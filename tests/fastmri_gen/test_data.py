@@ -25,6 +25,7 @@ from projects.fastmri_gen.transforms import (
     ifft2c,
     seed_from_name,
 )
+from tests.contract import check_waits_for_the_prepare_lock
 
 SPEC_LOW_LINES = {4: (0.08, 29), 8: (0.04, 15), 16: (0.02, 7), 32: (0.01, 4)}
 
@@ -169,3 +170,11 @@ def test_prepare_a_missing_data_folder_is_an_error(tmp_path, capsys):
     assert main(["--raw", str(tmp_path / "empty"), "--cache", str(tmp_path / "cache")]) == 2
     assert "none of the split folders" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()
+
+
+def test_the_synthetic_tree_waits_for_another_writer_of_its_folder(tmp_path):
+    """Two nodes on one shared file system (or two jobs of a sweep) write the synthetic tree in turn."""
+    synthetic = {"train_volumes": 1, "val_volumes": 1, "slices": 2, "size": 32, "seed": 0}
+    dm = FastMRIDataModule(str(tmp_path / "fastmri"), cache_dir=None, num_workers=0, synthetic=synthetic)
+    check_waits_for_the_prepare_lock(tmp_path / "fastmri", dm.prepare_data, tmp_path / "fastmri" / "singlecoil_val")
+    assert len(list((tmp_path / "fastmri" / "singlecoil_val").glob("*.h5"))) == 1

@@ -26,7 +26,9 @@ from projects.rstn.prepare import (
     main,
     prepare_msd,
     prepare_nih,
+    prepare_synthetic,
 )
+from tests.contract import check_waits_for_the_prepare_lock
 
 SHAPE = (24, 20, 12)  # the fixture cases' grid
 
@@ -195,3 +197,10 @@ def test_datamodule_folds_and_missing_cases(synthetic_cache, tmp_path) -> None:
     split.write_text(json.dumps({"folds": [["nope"], ["synth000"]]}))
     with pytest.raises(DataError, match="nope"):
         RSTNDataModule(str(synthetic_cache), str(split), fold=0).setup()
+
+
+def test_the_synthetic_cache_waits_for_another_writer_of_its_folder(tmp_path) -> None:
+    """Two nodes on one shared file system (or two jobs of a sweep) prepare the same cache in turn."""
+    cache = tmp_path / "cache"
+    check_waits_for_the_prepare_lock(cache, lambda: prepare_synthetic(cache, 2, (16, 16, 8)), cache / "splits.json")
+    assert VolumeCache(cache).case_ids() == ["synth000", "synth001"]

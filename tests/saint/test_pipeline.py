@@ -18,6 +18,7 @@ from projects.saint.evaluation import interpolate_z, psnr_saint, ssim_saint, wei
 from projects.saint.fusion import SOURCE_FILE, build_fusion_inputs
 from projects.saint.model import SAINT
 from projects.saint.module import SaintModule, masked_l1
+from tests.contract import check_waits_for_the_prepare_lock
 
 TINY_NET = {"g0": 8, "n_rdb": 1, "n_layers": 2, "growth": 4, "gw_hidden": [4, 8, 8, 8],
             "rfn": {"g0": 8, "n_rdb": 1, "n_layers": 2, "growth": 4}}
@@ -184,3 +185,11 @@ def test_stage1_views_are_built_in_the_given_precision_and_rebuilt_when_it_chang
     assert not np.array_equal(bf16[:, :2], fp32[:, :2])  # the MSR's views differ by bf16 rounding ...
     np.testing.assert_allclose(bf16[:, :2].astype(float), fp32[:, :2].astype(float), atol=0.02 * fp32.max())
     np.testing.assert_array_equal(bf16[:, 2], fp32[:, 2])  # ... the HR reference does not
+
+
+def test_stage1_views_wait_for_another_writer_of_their_folder(cache_dir: Path, tmp_path: Path) -> None:
+    """Two nodes on one shared file system (or two jobs of a sweep) build stage 2's inputs in turn."""
+    net, out = SAINT(**TINY_NET), tmp_path / "stage1"
+    source = {"msr_ckpt": "weights.ckpt", "size": 1, "mtime_ns": 1}
+    check_waits_for_the_prepare_lock(
+        out, lambda: build_fusion_inputs(net, VolumeCache(cache_dir), ["liver_2"], [4], out, source), out / SOURCE_FILE)

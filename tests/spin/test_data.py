@@ -25,6 +25,8 @@ from projects.spin.data import (
 )
 from projects.spin.prepare import find_scans, prepare
 from projects.spin.splits import carve_validation, load_split, make_folds, resolve_split, subject_of
+from projects.spin.synthetic_atlas import SyntheticATLASDataModule
+from tests.contract import check_waits_for_the_prepare_lock
 
 
 def test_prepare_or_combines_masks_and_keeps_geometry(atlas_fixture: dict) -> None:
@@ -57,6 +59,26 @@ def test_missing_mask_names_the_scan(raw_scan: Path, tmp_path: Path) -> None:
         mask.unlink()
     with pytest.raises(DataError, match=f"{raw_scan.name}.*LesionSmooth"):
         prepare(tmp_path / "raw", tmp_path / "cache")
+
+
+def test_hidden_files_beside_the_masks_are_not_masks(raw_scan: Path, tmp_path: Path) -> None:
+    scan_dir = _copy_scan(raw_scan, tmp_path)
+    before = find_scans(tmp_path / "raw")[raw_scan.name]
+    # another process's temporary file mid-write, and a macOS fork from a copy over a USB disk
+    (scan_dir / f".{raw_scan.name}_LesionSmooth_stx.nii.gz.4242-0badf00d.tmp.nii.gz").write_bytes(b"")
+    (scan_dir / f"._{raw_scan.name}_LesionSmooth_1_stx.nii.gz").write_bytes(b"\0" * 10)
+    assert find_scans(tmp_path / "raw")[raw_scan.name] == before
+    prepare(tmp_path / "raw", tmp_path / "cache")
+    assert VolumeCache(tmp_path / "cache").case_ids() == [raw_scan.name]
+
+
+def test_the_synthetic_data_waits_for_another_writer_of_its_folder(tmp_path: Path) -> None:
+    """What two nodes on one shared file system (or two jobs of a sweep) do at the start of a run."""
+    data = SyntheticATLASDataModule(str(tmp_path / "data"), n_train=3, n_test=1, shape=(24, 28, 16))
+    check_waits_for_the_prepare_lock(tmp_path / "data", data.prepare_data, tmp_path / "data" / "split.json")
+    split = load_split(tmp_path / "data" / "split.json")
+    assert VolumeCache(tmp_path / "data" / "cache").case_ids() == sorted(split["train"] + split["test"])
+    assert not list((tmp_path / "data").rglob(".*.tmp*"))  # no temporary file left
 
 
 def test_mask_shape_mismatch_names_the_scan(raw_scan: Path, tmp_path: Path) -> None:
