@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from common.io import read_reconstruction
 from common.run import train
-from projects.fastmri_gen.eval import evaluate
-from projects.fastmri_gen.predict import main
+from common.settings import CheckpointSettings
+from projects.fastmri_gen.eval import evaluate, load_checkpoint_module
+from projects.fastmri_gen.predict import main, reconstruct_file
 from tests.contract import check_eval_report
 from tests.fastmri_gen.test_train import compose_cfg, tiny
 
@@ -88,3 +91,28 @@ def test_a_folder_of_volumes_gives_a_folder_of_reconstructions(demo_run: dict, f
     names = sorted(p.name for p in (fastmri_root / "singlecoil_val").glob("*.h5"))
     assert len(names) >= 2 and sorted(p.name for p in out.iterdir()) == names
     np.testing.assert_allclose(read_reconstruction(out / HELD_OUT), demo_run["eval"], rtol=1e-5, atol=1e-7)
+
+
+def _batchnorms(module) -> int:
+    return sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.net.modules())
+
+
+def test_eval_and_predict_fold_the_batchnorms_into_the_same_reconstruction(demo_run: dict) -> None:
+    plain, run_config = load_checkpoint_module(demo_run["ckpt"])
+    settings = CheckpointSettings(demo_run["ckpt"], run_config)
+    assert _batchnorms(plain) > 0
+    plain._bn_folded = True  # as if already folded: nothing is folded
+    unfolded = reconstruct_file(plain, settings, demo_run["input"])
+    assert _batchnorms(plain) > 0
+    folded_module, _ = load_checkpoint_module(demo_run["ckpt"])
+    folded = reconstruct_file(folded_module, settings, demo_run["input"])
+    assert _batchnorms(folded_module) == 0
+    np.testing.assert_allclose(folded, unfolded, rtol=1e-4, atol=1e-4 * float(np.abs(unfolded).max()))
+    np.testing.assert_allclose(folded, demo_run["eval"], rtol=1e-5, atol=1e-7)  # what eval wrote, folded too
+
+
+def test_the_reference_fidelity_evaluates_with_batch_statistics_and_folds_nothing(demo_run: dict) -> None:
+    module, run_config = load_checkpoint_module(demo_run["ckpt"])
+    module.fidelity = dataclasses.replace(module.fidelity, train_mode_validation=True)  # defect 5
+    reconstruct_file(module, CheckpointSettings(demo_run["ckpt"], run_config), demo_run["input"])
+    assert _batchnorms(module) > 0
