@@ -48,6 +48,8 @@ def _open_lock_file(folder: Path) -> int | None:
 def prepare_lock(folder: str | os.PathLike) -> Iterator[bool]:
     """Holds an exclusive lock on `folder` (created when missing) for the block; other holders wait.
 
+    Not re-entrant: a block must not take the lock of its own folder again (the inner call would wait forever).
+
     Args:
         folder: the data folder the block writes.
 
