@@ -29,8 +29,9 @@ def _conv(in_ch: int, out_ch: int) -> nn.Conv3d:
 #: "conv", torch's convolution ops (the reference's arithmetic); "matmul" (`upsample_tail_matmul`), the same weights
 #: as two matrix products over the channels and 27 shifted sums: the same function up to float rounding (~1e-6
 #: relative), with neither the 3x-larger interleaved feature volume nor a CPU convolution kernel that runs one output
-#: channel at a few percent of its usual rate.
-OUTPUT_LAYERS = ("matmul", "conv")
+#: channel at a few percent of its usual rate. "auto" takes "matmul" for tensors on a CPU and "conv" elsewhere: on a
+#: GPU cuDNN runs the convolutions at speed, and the 27 tap maps would take 27x the output's memory there.
+OUTPUT_LAYERS = ("auto", "matmul", "conv")
 
 
 def _channel_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -180,15 +181,16 @@ class EasySRGenerator(nn.Module):
         input_skip: "none" (the reference) or "nearest" / "linear": add the input, interpolated along `up_dim`
             on the same extent grid, to the output, so the network learns a residual. Adds no parameter (the
             reference checkpoints still load) but changes what they compute: keep "none" for them.
-        output_layers: "matmul" (default) or "conv": how the transposed conv and `conv3` are computed
-            (`OUTPUT_LAYERS`; the same parameters and function, "conv" is the reference's arithmetic).
+        output_layers: "auto" (default: "matmul" on a CPU, "conv" on a GPU), "matmul" or "conv": how the
+            transposed conv and `conv3` are computed (`OUTPUT_LAYERS`; the same parameters and function, "conv" is
+            the reference's arithmetic).
 
     Raises:
         ValueError: scale < 1, up_dim not in (-3, -2, -1), unknown input_skip or output_layers.
     """
 
     def __init__(self, in_ch: int = 1, out_ch: int = 1, width: int = 32, n_res: int = 2, scale: int = 3,
-                 up_dim: int = -2, input_skip: str = "none", output_layers: str = "matmul") -> None:
+                 up_dim: int = -2, input_skip: str = "none", output_layers: str = "auto") -> None:
         super().__init__()
         if scale < 1 or up_dim not in (-3, -2, -1):
             raise ValueError(f"need scale >= 1 and up_dim in (-3, -2, -1), got scale={scale}, up_dim={up_dim}")
@@ -223,7 +225,7 @@ class EasySRGenerator(nn.Module):
         for i in range(self.n_res):
             feat = getattr(self, f"residual_block{i + 1}")(feat)
         feat = self.conv_block2(feat) + first
-        if self.output_layers == "conv":
+        if self.output_layers == "conv" or (self.output_layers == "auto" and feat.device.type != "cpu"):
             out = self.conv3(self.deup(feat))
         else:
             deconv, act = self.deup.deupblock

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import projects.easysr.model as model_module
 from projects.easysr.model import EasySRGenerator, PatchDiscriminator3D, conv_trunk_shape, count_parameters
 
 # Names and shapes of the reference checkpoints' tensors (Core-BMC/easysr G_latest_*.pth / D_latest_*.pth).
@@ -90,17 +91,29 @@ def test_generator_rejects_bad_arguments():
         EasySRGenerator(output_layers="fft")
 
 
+def test_auto_tail_is_the_matmul_on_a_cpu_and_the_convolutions_elsewhere(monkeypatch):
+    calls = []
+    real = model_module.upsample_tail_matmul
+    monkeypatch.setattr(model_module, "upsample_tail_matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
+    net = EasySRGenerator(width=4, n_res=1)
+    assert net.output_layers == "auto"
+    assert net(torch.rand(1, 1, 4, 5, 6)).shape == (1, 1, 4, 15, 6) and calls == [1]
+    on_meta = net.to("meta")(torch.empty(1, 1, 4, 5, 6, device="meta"))  # a device that is not a CPU, as a GPU is
+    assert on_meta.shape == (1, 1, 4, 15, 6) and calls == [1]
+
+
 def _max_relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / a.abs().max()).item()
 
 
 @pytest.mark.parametrize("up_dim,scale,out_ch", [(-3, 2, 1), (-2, 3, 1), (-1, 4, 1), (-2, 3, 2)])
 def test_matmul_tail_computes_the_convolutions_and_their_gradients(up_dim, scale, out_ch):
-    """The default `output_layers="matmul"` is the reference's transposed conv + conv3 up to float rounding, at the
-    borders too (odd sizes, every axis upsampled), for the output, the input gradient and every weight gradient."""
+    """`output_layers="matmul"` (what "auto" takes on a CPU) is the reference's transposed conv + conv3 up to float
+    rounding, at the borders too (odd sizes, every axis upsampled), for the output, the input gradient and every
+    weight gradient."""
     torch.manual_seed(0)
     conv = EasySRGenerator(out_ch=out_ch, width=6, n_res=1, scale=scale, up_dim=up_dim, output_layers="conv")
-    matmul = EasySRGenerator(out_ch=out_ch, width=6, n_res=1, scale=scale, up_dim=up_dim)
+    matmul = EasySRGenerator(out_ch=out_ch, width=6, n_res=1, scale=scale, up_dim=up_dim, output_layers="matmul")
     matmul.load_state_dict(conv.state_dict())
     x = torch.rand(2, 1, 5, 6, 7) * 255
     weights = None  # a fixed random weighting of the output (not zero-mean, so that no gradient is pure rounding)
@@ -122,7 +135,7 @@ def test_matmul_tail_computes_the_convolutions_and_their_gradients(up_dim, scale
 def test_matmul_tail_with_channels_last_weights_and_under_bf16_autocast():
     torch.manual_seed(0)
     conv = EasySRGenerator(width=8, n_res=1, output_layers="conv").eval()
-    matmul = EasySRGenerator(width=8, n_res=1).eval()
+    matmul = EasySRGenerator(width=8, n_res=1, output_layers="matmul").eval()
     matmul.load_state_dict(conv.state_dict())
     x = torch.rand(1, 1, 6, 5, 7) * 255
     with torch.no_grad():
