@@ -68,7 +68,8 @@ def prepare_lock(folder: str | os.PathLike) -> Iterator[bool]:
         except OSError as err:
             if err.errno not in _NO_LOCK:
                 raise
-            log.info("%s: the file system takes no lock (%s); preparing without one", folder, err.strerror or err)
+            log.warning("%s: the file system takes no lock (%s); preparing without one (several nodes preparing this "
+                        "folder at once could collide)", folder, err.strerror or err)
             held = False
         yield held
     finally:

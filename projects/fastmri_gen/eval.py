@@ -77,14 +77,14 @@ def fold_for_inference(module: Any, batch: Any) -> int:
     """Folds the BatchNorms of `module.net` into their convolutions, once per module; returns how many.
 
     The folded network reconstructs the same images to float rounding (`common.fold` checks it on two slices
-    of `batch`) and took 0.92x the CPU time per volume of the paper-size baseline (benchmarks/results/
+    of `batch`) and took 0.91x the time per volume of the paper-size baseline (benchmarks/results/
     fastmri_gen.md). Nothing is folded where the network evaluates with batch statistics (the reference
     fidelity's defect 5) or has no BatchNorm (zero-filling, the U-Net).
     """
     if getattr(module, "_bn_folded", False):
         return 0
     module._bn_folded = True
-    if module.fidelity.train_mode_validation and module.stylish:
+    if module.evaluates_in_train_mode:
         return 0
     if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.net.modules()):
         return 0

@@ -261,9 +261,14 @@ class ReconstructionModule(AdversarialModule):
         total, terms, pred = self.generator_loss(batch)
         return GeneratorStep(total, {f"train/{k}": v for k, v in terms.items()}, pred.shape[0], pred)
 
+    @property
+    def evaluates_in_train_mode(self) -> bool:
+        """Whether reconstructions use dropout and batch statistics (defect 5 of the reference fidelity)."""
+        return self.fidelity.train_mode_validation and self.stylish
+
     def reconstruct(self, batch: Sample) -> torch.Tensor:
         """Return the raw-scale reconstructions `[B, h, w]` (in train mode under defect 5, as the reference)."""
-        if self.fidelity.train_mode_validation and self.stylish:
+        if self.evaluates_in_train_mode:
             self.net.train()
         with fixed_draws(self.net):
             pred, _ = self(batch)
