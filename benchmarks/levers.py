@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
     if "levers" in args.parts:
-        print_table(interleaved(lever_cases(args.slices), args.repeat), f"levers, {args.threads} thread(s), load average {load:.1f}")
+        print_table(interleaved(lever_cases(args.slices), args.repeat),
+                    f"levers, {args.threads} thread(s), load average {load:.1f}")
     if "budget" in args.parts:
         print_table(interleaved(budget_cases(args.budget_slices), 2), "SPiN slices per pass against a memory budget")
     if "graphs" in args.parts:

@@ -41,7 +41,8 @@ def _met(row: dict[str, Any]) -> str:
 
 
 def summary(results_dir: Path = RESULTS_DIR) -> str:
-    """Returns the Markdown summary of the speed rows (rows with a reference time or an efficiency) of every results file."""
+    """Returns the Markdown summary of the speed rows (with a reference time or an efficiency) of every results
+    file."""
     machines, lines = [], ["| project | " + " | ".join(COLUMNS) + " | met |", "|---" * (len(COLUMNS) + 2) + "|"]
     for project in PROJECTS:
         path = results_dir / f"{project}.json"

@@ -126,3 +126,20 @@ def run_logged(project: str, experiment: str, out, overrides=()) -> LoggedRun:
 def logged_run():
     """`logged_run(project, experiment, out, overrides) -> LoggedRun`: a short run's TensorBoard events."""
     return run_logged
+
+
+@pytest.fixture()
+def no_file_locks(monkeypatch):
+    """A file system without locks (Lustre mounted without `flock`): every `flock` fails with ENOLCK."""
+    import errno
+
+    import common.io.lock as lock_module
+
+    class NoLocks:
+        LOCK_EX = 2
+
+        @staticmethod
+        def flock(fd, op):
+            raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock_module, "fcntl", NoLocks)

@@ -16,7 +16,6 @@ processes serialise their index updates with a lock file.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -26,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from common.errors import DataError
-from common.io.atomic import is_unwritable, save_json, save_npy, writable_folder
+from common.io.atomic import save_json, save_npy, writable_folder
+from common.io.lock import exclusive_lock
 
 INDEX_NAME = "index.json"
 _LOCK_NAME = ".index.lock"
@@ -93,18 +93,8 @@ class VolumeCache:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        try:
-            lock = open(writable_folder(self.root) / _LOCK_NAME, "a")  # noqa: SIM115 (closed below)
-        except OSError as err:
-            if not is_unwritable(err):
-                raise
-            raise DataError(self.root, f"cannot write the cache here ({err.strerror or err})") from err
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with exclusive_lock(writable_folder(self.root) / _LOCK_NAME, required=True):
+            yield
 
     # ------------------------------------------------------------------ writing
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing as mp
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+import common.io.lock as lock_module
 from common.errors import DataError
 from common.io.cache import VolumeCache
 
@@ -163,3 +165,18 @@ def test_dataloader_workers_read_the_index(tmp_path):
         for image, i in zip(images, idx.tolist(), strict=True):
             values[i] = int(image[0, 0, 0])
     assert values == {i: i for i in range(8)}
+
+
+def test_a_folder_that_cannot_take_the_index_lock_is_named(tmp_path, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(lock_module.os, "open", read_only)
+    with pytest.raises(DataError, match=f"{tmp_path / 'cache'}: cannot write in this folder \\(Read-only"):
+        VolumeCache(tmp_path / "cache").write_case("c1", {"image": np.zeros((2, 2), np.float32)})
+
+
+def test_a_file_system_without_locks_still_takes_writes(tmp_path, no_file_locks):
+    cache = VolumeCache(tmp_path / "cache")
+    cache.write_case("c1", {"image": np.ones((2, 2), np.float32)})
+    assert cache.case_ids() == ["c1"] and float(cache.load("c1", "image").sum()) == 4.0

@@ -74,15 +74,7 @@ def test_a_folder_that_takes_no_lock_file_runs_the_block_unlocked(tmp_path: Path
     assert ran == [False]
 
 
-def test_a_file_system_without_locks_runs_the_block_unlocked(tmp_path: Path, monkeypatch) -> None:
-    class NoLocks:
-        LOCK_EX = 2
-
-        @staticmethod
-        def flock(fd, op):
-            raise OSError(errno.ENOLCK, "No locks available")
-
-    monkeypatch.setattr(lock_module, "fcntl", NoLocks)
+def test_a_file_system_without_locks_runs_the_block_unlocked(tmp_path: Path, no_file_locks) -> None:
     with prepare_lock(tmp_path) as held:
         assert held is False
 
